@@ -1,0 +1,60 @@
+"""Bulk staging: load many rows into a temporary table in one go.
+
+Each dialect has its own module with the fastest path it offers (COPY on
+PostgreSQL, ``executemany`` in the open transaction on SQLite), chosen from
+``WRITERS``. Everything after staging is set-based SQL shared by both.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader.bulk import postgresql, sqlite
+
+Put = Callable[[Sequence[Any]], None]
+WRITERS = {"postgresql": postgresql.writer, "sqlite": sqlite.writer}
+_names = itertools.count(1)
+
+
+@contextmanager
+def stage(conn: Connection, hint: str,
+          columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]) -> Iterator[sa.Table]:
+    """A temporary table with ``columns``, dropped when the block ends."""
+    name = f"_stage_{hint}_{next(_names)}"
+    table = sa.Table(
+        name, sa.MetaData(), *(sa.Column(n, t) for n, t in columns),
+        prefixes=["TEMPORARY"], postgresql_on_commit="DROP",
+    )
+    table.create(conn)
+    try:
+        yield table
+    finally:
+        if not conn.invalidated and conn.in_transaction():
+            table.drop(conn, checkfirst=True)
+
+
+@contextmanager
+def writer(conn: Connection, table: sa.Table) -> Iterator[Put]:
+    """A function that appends one row (a tuple in column order) to ``table``."""
+    try:
+        factory = WRITERS[conn.dialect.name]
+    except KeyError:
+        raise NotImplementedError(f"no bulk writer for {conn.dialect.name}") from None
+    with factory(conn, table) as put:
+        yield put
+
+
+def load(conn: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> int:
+    """Append all ``rows`` to ``table``; returns how many."""
+    count = 0
+    with writer(conn, table) as put:
+        for row in rows:
+            put(row)
+            count += 1
+    return count

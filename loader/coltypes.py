@@ -1,0 +1,139 @@
+"""The column types a tracked table may hold, by name, and their SQL types.
+
+Tables are described with short type names (``text``, ``integer``,
+``decimal:4``, ``decimal``, ``timestamp``, ``date``, ``boolean``) so that a
+definition can be stored in the warehouse's registry and compared later.
+Decimals stay exact on PostgreSQL (``NUMERIC``); on SQLite they are stored as
+REAL and read back as the shortest decimal that round-trips the float, rounded
+to the column's places. Sums of decimals use :func:`exact_sum`, which adds
+scaled integers on SQLite so that a total is exact there too.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
+from sqlalchemy.types import TypeDecorator
+
+from loader.errors import SchemaError
+
+TYPE_NAMES = ("text", "integer", "decimal", "timestamp", "date", "boolean")
+_DECIMAL = re.compile(r"^decimal(?::(\d{1,2}))?$")
+
+
+class Fixed(TypeDecorator[Decimal]):
+    """An exact decimal with an optional fixed number of places."""
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def __init__(self, places: int | None = None) -> None:
+        super().__init__()
+        self.places = places
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Float(asdecimal=False))
+        if self.places is None:
+            return dialect.type_descriptor(sa.Numeric())
+        return dialect.type_descriptor(sa.Numeric(28, self.places))
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return float(value)
+        return Decimal(value) if not isinstance(value, Decimal) else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
+        return to_decimal(value, self.places)
+
+
+def to_decimal(value: Any, places: int | None = None) -> Decimal | None:
+    """A database value as a Decimal; floats by their shortest round-trip form."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        result = Decimal(repr(value))
+    elif isinstance(value, Decimal):
+        result = value
+    else:
+        result = Decimal(str(value))
+    if places is not None:
+        result = result.quantize(Decimal(1).scaleb(-places))
+    return result
+
+
+def sql_type(name: str) -> sa.types.TypeEngine[Any]:
+    """The SQLAlchemy type for a type name; raises SchemaError for an unknown one."""
+    if name == "text":
+        return sa.Text()
+    if name == "integer":
+        return sa.BigInteger()
+    if name == "timestamp":
+        return sa.DateTime()
+    if name == "date":
+        return sa.Date()
+    if name == "boolean":
+        return sa.Boolean()
+    match = _DECIMAL.match(name)
+    if match:
+        places = match.group(1)
+        return Fixed(int(places) if places is not None else None)
+    raise SchemaError(
+        f"unknown column type {name!r}: use one of text, integer, decimal, decimal:N, "
+        "timestamp, date, boolean"
+    )
+
+
+def places_of(name: str) -> int | None:
+    """The decimal places of a ``decimal:N`` type name, None otherwise."""
+    match = _DECIMAL.match(name)
+    return int(match.group(1)) if match and match.group(1) else None
+
+
+def python_value(name: str, value: Any) -> Any:
+    """Normalise a value read from SQL to the Python type of a type name."""
+    if value is None:
+        return None
+    if name.startswith("decimal"):
+        return to_decimal(value, places_of(name))
+    if name == "timestamp" and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    if name == "date" and isinstance(value, str):
+        return date.fromisoformat(value[:10])
+    return value
+
+
+class exact_sum(GenericFunction[Decimal]):  # noqa: N801 - SQL function names are lower case
+    """``SUM`` of a decimal column that is exact on every dialect.
+
+    On SQLite, where decimals are stored as REAL, the values are scaled to
+    integers, summed exactly, and divided back once, giving the double
+    nearest to the exact total.
+    """
+
+    name = "exact_sum"
+    inherit_cache = True
+
+    def __init__(self, column: Any, places: int) -> None:
+        self.places = places
+        super().__init__(column, type_=Fixed(places))
+
+
+@compiles(exact_sum)
+def _exact_sum_default(element: exact_sum, compiler: Any, **kw: Any) -> str:
+    return f"sum({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(exact_sum, "sqlite")
+def _exact_sum_sqlite(element: exact_sum, compiler: Any, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    scale = 10**element.places
+    return f"(sum(CAST(round(({arg}) * {scale}) AS INTEGER)) / {scale}.0)"

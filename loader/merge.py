@@ -1,0 +1,151 @@
+"""Set-based writes into tracked tables from a staged temporary table.
+
+One statement each, shared by both dialects: update the rows whose values
+differ (stamping exactly the columns that changed), insert the new keys,
+soft-delete keys that vanished. ``IS DISTINCT FROM`` (``IS NOT`` on SQLite)
+compares values NULL-safely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, ROW_HASH, TrackedTable, stamp
+
+_SENTINELS: dict[str, Any] = {
+    "text": "\x01", "integer": -(2**62), "date": date(1, 1, 1),
+    "timestamp": datetime(1, 1, 1), "boolean": False,
+}
+
+
+@dataclass
+class MergeCounts:
+    """What a merge did: rows inserted, updated, revived, deleted, and per column."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    changes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: MergeCounts) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.deleted += other.deleted
+        for column, count in other.changes.items():
+            self.changes[column] = self.changes.get(column, 0) + count
+
+
+def key_match(table: TrackedTable, a: sa.Table | sa.Subquery,
+              b: sa.Table | sa.Subquery) -> sa.ColumnElement[bool]:
+    """``a``'s key equals ``b``'s; NULL-safe (and still hash-joinable) for nullable keys."""
+    terms = []
+    for column in table.key:
+        left, right = a.c[column.name], b.c[column.name]
+        if table.nullable_key:
+            sentinel = _SENTINELS.get(column.type, -(10**30))
+            left = sa.func.coalesce(left, sa.literal(sentinel, left.type))
+            right = sa.func.coalesce(right, sa.literal(sentinel, right.type))
+        terms.append(left == right)
+    return sa.and_(*terms)
+
+
+def _ts(value: datetime) -> sa.BindParameter[datetime]:
+    return sa.literal(value, sa.DateTime())
+
+
+def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequence[str],
+           run_ts: datetime, *, insert: bool = True, with_hash: bool = False) -> MergeCounts:
+    """Merge the staged rows into ``table``.
+
+    ``columns`` are the data columns present in ``stage`` (besides the key).
+    A row whose values are all equal is not touched and keeps its stamps; a
+    soft-deleted row that comes back is revived with every column stamped.
+    """
+    t = table.table
+    s = stage
+    dead = t.c[DELETED_AT].is_not(None)
+    differs = {c: t.c[c].is_distinct_from(s.c[c]) for c in columns}
+    counts = MergeCounts()
+    if columns:
+        totals = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(sa.case((dead, 1), else_=0)), 0),
+                *(sa.func.coalesce(sa.func.sum(sa.case((~dead & d, 1), else_=0)), 0)
+                  for d in differs.values()),
+            ).select_from(t.join(s, key_match(table, t, s)))
+        ).one()
+        revived = int(totals[1])
+        counts.changes = {c: int(n) + revived for c, n in zip(columns, totals[2:], strict=True)}
+    any_change = sa.or_(dead, *differs.values())
+    values: dict[str, Any] = {}
+    for c in columns:
+        values[c] = s.c[c]
+        values[stamp(c)] = sa.case((sa.or_(dead, differs[c]), _ts(run_ts)), else_=t.c[stamp(c)])
+    values[CHANGED_AT] = sa.case((any_change, _ts(run_ts)), else_=t.c[CHANGED_AT])
+    values[LIVE_SINCE] = sa.case((dead, _ts(run_ts)), else_=t.c[LIVE_SINCE])
+    values[DELETED_AT] = None
+    condition = any_change
+    if with_hash:
+        values[ROW_HASH] = s.c[ROW_HASH]
+        condition = sa.or_(any_change, t.c[ROW_HASH].is_distinct_from(s.c[ROW_HASH]))
+    if columns or with_hash:
+        result = conn.execute(
+            sa.update(t).where(key_match(table, t, s)).where(condition).values(values)
+        )
+        counts.updated = result.rowcount
+    if insert:
+        names = [*table.key_names, *columns]
+        selected: list[Any] = [s.c[n] for n in names]
+        names += [stamp(c) for c in columns] + [CHANGED_AT, LIVE_SINCE]
+        selected += [_ts(run_ts) for _ in columns] + [_ts(run_ts), _ts(run_ts)]
+        if with_hash:
+            names.append(ROW_HASH)
+            selected.append(s.c[ROW_HASH])
+        exists = sa.exists().where(key_match(table, t, s))
+        result = conn.execute(
+            sa.insert(t).from_select(names, sa.select(*selected).where(~exists)),
+            execution_options={"preserve_rowcount": True},
+        )
+        counts.inserted = result.rowcount
+        for c in columns:
+            counts.changes[c] = counts.changes.get(c, 0) + counts.inserted
+    counts.changes = {c: n for c, n in counts.changes.items() if n}
+    return counts
+
+
+def delete_keys(conn: Connection, table: TrackedTable, keys: sa.Table | sa.Subquery,
+                run_ts: datetime) -> int:
+    """Soft-delete the live rows whose key is in ``keys``."""
+    t = table.table
+    return conn.execute(
+        sa.update(t)
+        .where(t.c[DELETED_AT].is_(None))
+        .where(sa.exists().where(key_match(table, t, keys)))
+        .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
+    ).rowcount
+
+
+def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_ts: datetime,
+                   scope: dict[str, Any] | None = None) -> int:
+    """Soft-delete the live rows whose key is not in ``stage``.
+
+    ``scope`` limits the deletion to rows with these column values (the
+    partition a snapshot covers).
+    """
+    t = table.table
+    statement = (
+        sa.update(t)
+        .where(t.c[DELETED_AT].is_(None))
+        .where(~sa.exists().where(key_match(table, t, stage)))
+        .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
+    )
+    for column, value in (scope or {}).items():
+        statement = statement.where(t.c[column] == value)
+    return conn.execute(statement).rowcount

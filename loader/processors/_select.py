@@ -1,0 +1,156 @@
+"""Which rows of a tracked table need another look, and reading them in pages.
+
+Shared by derive processors and quality rules: a row needs another look when
+one of its input columns was stamped after the watermark, or when a lookup
+partner it joins to was inserted, changed in a used column, or deleted after
+the watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader.errors import ConfigError
+from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, TrackedTable, require_table, stamp
+
+PAGE = 50_000
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A join from each row to one row of another tracked table, by that table's key.
+
+    ``on`` maps local columns to the partner's key columns; ``columns`` are
+    the partner's columns the computation uses, visible to it as
+    ``"<name>.<column>"``; ``"<name>"`` itself is True when a live partner exists.
+    """
+
+    name: str
+    table: str
+    on: tuple[tuple[str, str], ...]
+    columns: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, name: str, table: str, on: dict[str, str],
+           columns: Sequence[str] = ()) -> Lookup:
+        return cls(name, table, tuple(on.items()), tuple(columns))
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(f"{self.table}.{c}" for c in (*(r for _, r in self.on), *self.columns))
+
+
+@dataclass
+class RowSet:
+    """A tracked table, the columns to read from it, and its lookups, bound to a connection."""
+
+    conn: Connection
+    table: TrackedTable
+    columns: tuple[str, ...]
+    lookups: tuple[tuple[Lookup, TrackedTable], ...]
+
+    @classmethod
+    def bind(cls, conn: Connection, table: str, columns: Sequence[str],
+             lookups: Sequence[Lookup]) -> RowSet:
+        main = require_table(conn, table)
+        for column in columns:
+            main.col(column)
+        bound = []
+        for lookup in lookups:
+            partner = require_table(conn, lookup.table)
+            if tuple(sorted(r for _, r in lookup.on)) != tuple(sorted(partner.key_names)):
+                raise ConfigError(
+                    f"lookup {lookup.name!r} joins {lookup.table} on "
+                    f"{', '.join(r for _, r in lookup.on)}, which is not its key "
+                    f"({', '.join(partner.key_names)})"
+                )
+            bound.append((lookup, partner))
+        return cls(conn, main, tuple(columns), tuple(bound))
+
+    def _join(self, t: sa.Table, lookup: Lookup, partner: TrackedTable,
+              alias: sa.Alias) -> sa.ColumnElement[bool]:
+        return sa.and_(*(t.c[local] == alias.c[remote] for local, remote in lookup.on))
+
+    def changed(self, since: datetime, inputs: Sequence[str]) -> sa.Select[Any]:
+        """Keys of live rows whose inputs, or lookup partners, changed after ``since``."""
+        t = self.table.table
+        key = [t.c[k] for k in self.table.key_names]
+        after = sa.literal(since, sa.DateTime())
+        own = sa.select(*key).where(
+            t.c[DELETED_AT].is_(None), t.c[CHANGED_AT] > after,
+            sa.or_(t.c[LIVE_SINCE] > after,
+                   *(t.c[stamp(c)] > after for c in inputs if c not in self.table.key_names)),
+        )
+        selects = [own]
+        for lookup, partner in self.lookups:
+            p = partner.table.alias(f"p_{lookup.name}")
+            selects.append(
+                sa.select(*key).select_from(t.join(p, self._join(t, lookup, partner, p))).where(
+                    t.c[DELETED_AT].is_(None), p.c[CHANGED_AT] > after,
+                    sa.or_(p.c[DELETED_AT] > after, p.c[LIVE_SINCE] > after,
+                           *(p.c[stamp(c)] > after for c in lookup.columns)),
+                )
+            )
+        if len(selects) == 1:
+            return own
+        return sa.union(*selects).subquery().select()
+
+    def _row_query(self, keys: sa.Table | None) -> tuple[sa.Select[Any], list[str]]:
+        t = self.table.table
+        names = list(self.table.key_names) + [c for c in self.columns
+                                              if c not in self.table.key_names]
+        selected: list[Any] = [t.c[n] for n in names]
+        source: sa.FromClause = t
+        if keys is not None:
+            source = source.join(keys, sa.and_(*(t.c[k] == keys.c[k]
+                                                 for k in self.table.key_names)))
+        for lookup, partner in self.lookups:
+            p = partner.table.alias(f"p_{lookup.name}")
+            source = source.outerjoin(
+                p, sa.and_(self._join(t, lookup, partner, p), p.c[DELETED_AT].is_(None))
+            )
+            first_key = p.c[partner.key_names[0]]
+            selected.append(first_key.is_not(None))
+            names.append(lookup.name)
+            for column in lookup.columns:
+                selected.append(p.c[column])
+                names.append(f"{lookup.name}.{column}")
+        query = sa.select(*selected).select_from(source).where(t.c[DELETED_AT].is_(None))
+        return query, names
+
+    def pages(self, keys: sa.Table | None, page: int = PAGE) -> Iterator[list[dict[str, Any]]]:
+        """The live rows (all, or those whose key is in ``keys``), a page at a time.
+
+        Keyset pagination on the primary key: each page is an index range
+        scan, memory stays flat, and writes may happen between pages.
+        """
+        t = self.table.table
+        query, names = self._row_query(keys)
+        key_cols = [t.c[k] for k in self.table.key_names]
+        query = query.order_by(*key_cols).limit(page)
+        last: tuple[Any, ...] | None = None
+        width = len(key_cols)
+        while True:
+            statement = query
+            if last is not None:
+                statement = query.where(sa.tuple_(*key_cols) > sa.tuple_(
+                    *(sa.literal(v, c.type) for v, c in zip(last, key_cols, strict=True))))
+            rows = self.conn.execute(statement).all()
+            if not rows:
+                return
+            yield [dict(zip(names, row, strict=True)) for row in rows]
+            if len(rows) < page:
+                return
+            last = tuple(rows[-1][:width])
+
+    def deleted_since(self, since: datetime) -> sa.Select[Any]:
+        """Keys of rows soft-deleted after ``since``."""
+        t = self.table.table
+        return sa.select(*(t.c[k] for k in self.table.key_names)).where(
+            t.c[DELETED_AT] > sa.literal(since, sa.DateTime()))

@@ -1,0 +1,247 @@
+"""Aggregate: group-by measures of one tracked table into another.
+
+A refresh rebuilds only the groups touched by rows that changed after the
+watermark: the groups those rows belong to now and the groups they belonged
+to before (kept in a membership table, ``_members_<target>``), and removes
+groups left empty. A full run rebuilds every group, writing only what differs.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader import bulk
+from loader.coltypes import exact_sum, places_of, sql_type
+from loader.errors import ConfigError
+from loader.merge import delete_missing, key_match, upsert
+from loader.processors.base import Context, Result, stamp_text
+from loader.state import get_watermark, set_watermark
+from loader.tracking import (
+    CHANGED_AT,
+    DELETED_AT,
+    LIVE_SINCE,
+    Col,
+    TrackedTable,
+    ensure_table,
+    require_table,
+    stamp,
+)
+
+FUNCTIONS = ("count", "sum", "min", "max")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One measure: ``function`` of ``column`` (``count`` counts rows), as ``name``.
+
+    ``default`` replaces a NULL result (``sum`` over no non-NULL values).
+    """
+
+    name: str
+    function: str
+    column: str | None = None
+    type: str = "integer"
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if self.function not in FUNCTIONS:
+            raise ConfigError(f"measure {self.name!r}: unknown function {self.function!r}; "
+                              f"use one of {', '.join(FUNCTIONS)}")
+        if self.function != "count" and self.column is None:
+            raise ConfigError(f"measure {self.name!r}: {self.function} needs a column")
+
+
+def count(name: str) -> Measure:
+    return Measure(name, "count")
+
+
+def sum_of(column: str, name: str, type: str = "integer", default: Any = None) -> Measure:
+    return Measure(name, "sum", column, type, default)
+
+
+def min_of(column: str, name: str, type: str) -> Measure:
+    return Measure(name, "min", column, type)
+
+
+def max_of(column: str, name: str, type: str) -> Measure:
+    return Measure(name, "max", column, type)
+
+
+@dataclass
+class Aggregate:
+    """Group the live rows of ``source`` by ``group_by`` into ``target``.
+
+    ``where`` keeps only rows whose listed columns are not NULL.
+    """
+
+    name: str
+    source: str
+    target: str
+    group_by: tuple[str, ...]
+    measures: tuple[Measure, ...]
+    not_null: tuple[str, ...] = ()
+    version: str = "1"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        measured = tuple(m.column for m in self.measures if m.column is not None)
+        return tuple(dict.fromkeys(self.group_by + measured + self.not_null))
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(f"{self.source}.{c}" for c in self.inputs)
+
+    @property
+    def provides(self) -> tuple[str, ...]:
+        return tuple(f"{self.target}.{c}" for c in
+                     (*self.group_by, *(m.name for m in self.measures)))
+
+    def run(self, ctx: Context) -> Result:
+        result = Result()
+        with ctx.warehouse.begin() as conn:
+            source = require_table(conn, self.source)
+            group_cols = tuple(source.col(c) for c in self.group_by)
+            target = ensure_table(conn, TrackedTable(
+                self.target, group_cols,
+                tuple(Col(m.name, m.type) for m in self.measures),
+                nullable_key=True,
+            ), run_id=ctx.run_id, now=ctx.run_ts, reason=f"aggregated by {self.name}")
+            source = ensure_table(conn, TrackedTable(source.name, source.key, (),
+                                                     indexes=(self.group_by,)),
+                                  run_id=ctx.run_id, now=ctx.run_ts)
+            members = self._members(conn, source)
+            mark = get_watermark(conn, self.name, self.source)
+            result.watermark_before = {self.source: stamp_text(mark.at)}
+            if ctx.full or not mark.applies(self.version):
+                self._rebuild_all(conn, ctx, source, target, members, result)
+            else:
+                assert mark.at is not None
+                self._rebuild_touched(conn, ctx, source, target, members, mark.at, result)
+            set_watermark(conn, self.name, self.source, ctx.run_ts, self.version)
+            result.watermark_after = {self.source: stamp_text(ctx.run_ts)}
+        return result
+
+    def _members(self, conn: Connection, source: TrackedTable) -> sa.Table:
+        """Which group each source row counts in, to find the groups a change leaves."""
+        table = sa.Table(
+            f"_members_{self.target}", sa.MetaData(),
+            *(sa.Column(k.name, sql_type(k.type), primary_key=True) for k in source.key),
+            *(sa.Column(f"g_{c}", sql_type(source.col(c).type)) for c in self.group_by),
+        )
+        table.create(conn, checkfirst=True)
+        return table
+
+    def _grouped(self, source: TrackedTable, target: TrackedTable,
+                 groups: sa.Table | None) -> sa.Select[Any]:
+        """One row per group: the group columns and the measures."""
+        s = source.table
+        group_cols = [s.c[c] for c in self.group_by]
+        measures: list[Any] = []
+        for m in self.measures:
+            if m.function == "count":
+                value: Any = sa.func.count()
+            elif m.function == "sum" and m.type.startswith("decimal"):
+                value = exact_sum(s.c[m.column], places_of(m.type) or 0)
+            else:
+                value = getattr(sa.func, m.function)(s.c[m.column], type_=sql_type(m.type))
+            if m.default is not None:
+                value = sa.func.coalesce(value, sa.literal(m.default, sql_type(m.type)))
+            measures.append(value.label(m.name))
+        query = sa.select(*group_cols, *measures).where(
+            s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null)
+        ).group_by(*group_cols)
+        if groups is not None:
+            query = query.where(sa.exists().where(key_match(target, s, groups)))
+        return query
+
+    def _stage_groups(self, conn: Connection, stack: ExitStack, target: TrackedTable,
+                      groups: sa.Table | None, source: TrackedTable) -> sa.Table:
+        columns = [(c.name, sql_type(c.type)) for c in target.all_columns]
+        out = stack.enter_context(bulk.stage(conn, f"{self.name}_groups", columns))
+        conn.execute(sa.insert(out).from_select([n for n, _ in columns],
+                                                self._grouped(source, target, groups)))
+        return out
+
+    def _rebuild_all(self, conn: Connection, ctx: Context, source: TrackedTable,
+                     target: TrackedTable, members: sa.Table, result: Result) -> None:
+        with ExitStack() as stack:
+            out = self._stage_groups(conn, stack, target, None, source)
+            counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
+            counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
+            self._record(result, target, counts, conn.execute(
+                sa.select(sa.func.count()).select_from(out)).scalar_one())
+        conn.execute(members.delete())
+        self._insert_members(conn, source, members, None)
+
+    def _rebuild_touched(self, conn: Connection, ctx: Context, source: TrackedTable,
+                         target: TrackedTable, members: sa.Table, since: datetime,
+                         result: Result) -> None:
+        s = source.table
+        after = sa.literal(since, sa.DateTime())
+        key_types = [(k.name, sql_type(k.type)) for k in source.key]
+        group_types = [(c, sql_type(source.col(c).type)) for c in self.group_by]
+        with ExitStack() as stack:
+            changed = stack.enter_context(bulk.stage(conn, f"{self.name}_changed", key_types))
+            conn.execute(sa.insert(changed).from_select(
+                list(source.key_names),
+                sa.select(*(s.c[k] for k in source.key_names)).where(
+                    s.c[CHANGED_AT] > after,
+                    sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
+                           *(s.c[stamp(c)] > after for c in self.inputs
+                             if c not in source.key_names)),
+                ),
+            ))
+            result.rows_read = conn.execute(
+                sa.select(sa.func.count()).select_from(changed)).scalar_one()
+            if not result.rows_read:
+                return
+            groups = stack.enter_context(bulk.stage(conn, f"{self.name}_touched", group_types))
+            by_key = key_match(source, s, changed)
+            now_in = sa.select(*(s.c[c] for c in self.group_by)).select_from(
+                s.join(changed, by_key)).where(
+                s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+            was_in = sa.select(*(members.c[f"g_{c}"] for c in self.group_by)).select_from(
+                members.join(changed, key_match(source, members, changed)))
+            conn.execute(sa.insert(groups).from_select(list(self.group_by),
+                                                       sa.union(now_in, was_in)))
+            out = self._stage_groups(conn, stack, target, groups, source)
+            counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
+            t = target.table
+            counts.deleted = conn.execute(
+                sa.update(t).where(
+                    t.c[DELETED_AT].is_(None),
+                    sa.exists().where(key_match(target, t, groups)),
+                    ~sa.exists().where(key_match(target, t, out)),
+                ).values({DELETED_AT: sa.literal(ctx.run_ts, sa.DateTime()),
+                          CHANGED_AT: sa.literal(ctx.run_ts, sa.DateTime())})
+            ).rowcount
+            self._record(result, target, counts, conn.execute(
+                sa.select(sa.func.count()).select_from(groups)).scalar_one())
+            conn.execute(members.delete().where(
+                sa.exists().where(key_match(source, members, changed))))
+            self._insert_members(conn, source, members, changed)
+
+    def _insert_members(self, conn: Connection, source: TrackedTable, members: sa.Table,
+                        changed: sa.Table | None) -> None:
+        s = source.table
+        query = sa.select(*(s.c[k] for k in source.key_names),
+                          *(s.c[c] for c in self.group_by)).where(
+            s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+        if changed is not None:
+            query = query.where(sa.exists().where(key_match(source, s, changed)))
+        conn.execute(sa.insert(members).from_select(
+            [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
+
+    @staticmethod
+    def _record(result: Result, target: TrackedTable, counts: Any, groups: int) -> None:
+        result.inserted, result.updated, result.deleted = (
+            counts.inserted, counts.updated, counts.deleted)
+        result.count_changes(target.name, counts.changes)
+        result.details["groups_rebuilt"] = groups
+

@@ -1,0 +1,342 @@
+"""CSV snapshot extract: each file is a full snapshot of one partition of a table.
+
+Files are found by a pattern such as ``sales_{region}.csv``; the placeholder
+becomes a key column holding the lowercased partition value. A reload hashes
+every record and compares it with the hash stored when the row was loaded:
+only new and changed records are parsed and staged, and keys that vanished
+are soft-deleted, so a small change costs little. Bad records go to
+``rejects`` with their line and a reason code; a file whose header is wrong
+fails with an error naming the file and column, and nothing of it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader import bulk, meta
+from loader.coltypes import sql_type
+from loader.errors import ConfigError, SourceError
+from loader.merge import MergeCounts, delete_keys, upsert
+from loader.processors.base import Context, Result
+from loader.sources.csvfile import CsvFormatError, Record, iter_records, record_hash
+from loader.sources.csvfile import validate_identifier as _validate
+from loader.tracking import DELETED_AT, ROW_HASH, Col, TrackedTable, ensure_table, load_table
+
+Parse = Callable[[str], Any]
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+EXTRA_REASON = "new column in {source}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """A declared column of the file: its type, its parser and its reject reason.
+
+    An empty field is NULL when ``nullable``, else a reject. ``parse`` turns
+    the stripped text into the value (raising ``ValueError`` when it does not
+    parse); ``reason`` is the reject reason code (default ``bad_<name>``).
+    """
+
+    name: str
+    type: str = "text"
+    parse: Parse | None = None
+    nullable: bool = True
+    reason: str | None = None
+
+    @property
+    def reject_reason(self) -> str:
+        return self.reason or f"bad_{self.name}"
+
+
+@dataclass
+class CsvSnapshot:
+    """Load every file matching ``pattern`` in the ``directory_param`` directory."""
+
+    name: str
+    table: str
+    pattern: str
+    key: tuple[str, ...]
+    fields: tuple[Field, ...]
+    reserved: tuple[str, ...] = ()
+    directory_param: str = "data_dir"
+    version: str = "1"
+
+    def __post_init__(self) -> None:
+        found = _PLACEHOLDER.findall(self.pattern)
+        if len(found) != 1:
+            raise ConfigError(f"{self.name}: pattern {self.pattern!r} needs exactly one "
+                              "{placeholder} for the partition column")
+        self.partition: str = found[0]
+        names = {f.name for f in self.fields}
+        for column in self.key:
+            if column != self.partition and column not in names:
+                raise ConfigError(f"{self.name}: key column {column!r} is not a field")
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def provides(self) -> tuple[str, ...]:
+        return tuple(f"{self.table}.{c}" for c in (self.partition, *(f.name for f in self.fields)))
+
+    def definition(self) -> TrackedTable:
+        fields = {f.name: f for f in self.fields}
+        key = tuple(Col(c, "text" if c == self.partition else fields[c].type) for c in self.key)
+        data = tuple(Col(f.name, f.type) for f in self.fields if f.name not in self.key)
+        return TrackedTable(self.table, key, data)
+
+    def files(self, directory: Path) -> dict[str, Path]:
+        """The files of ``directory`` by partition value; a case clash is an error."""
+        if not directory.is_dir():
+            raise ConfigError(f"{self.name}: data directory {str(directory)!r} does not exist")
+        head, _, tail = self.pattern.partition("{" + self.partition + "}")
+        regex = re.compile(re.escape(head) + r"([A-Za-z0-9_]+)" + re.escape(tail))
+        found: dict[str, Path] = {}
+        for path in sorted(directory.iterdir()):
+            match = regex.fullmatch(path.name)
+            if match is None or not path.is_file():
+                continue
+            value = match.group(1).lower()
+            if value in found:
+                raise SourceError(path.name, f"{self.partition} {value!r} is also given by "
+                                  f"{found[value].name}; partitions may not differ only in case")
+            found[value] = path
+        return found
+
+    def run(self, ctx: Context) -> Result:
+        result = Result()
+        directory = Path(ctx.param(self.directory_param))
+        files = self.files(directory)
+        with ctx.warehouse.begin() as conn:
+            loaded = dict(conn.execute(
+                sa.select(meta.sources.c.partition, meta.sources.c.source)
+                .where(meta.sources.c.processor == self.name)).all())
+        missing = sorted(set(loaded) - set(files))
+        if missing:
+            names = ", ".join(str(loaded[m]) for m in missing)
+            raise SourceError(names, f"loaded before but missing from {directory}; nothing of "
+                              f"{'these' if len(missing) > 1 else 'this'} {self.partition} was "
+                              "changed. Restore the file, or remove its rows deliberately.")
+        failures = []
+        for value, path in files.items():
+            try:
+                with ctx.warehouse.begin() as conn:
+                    self._load_file(conn, ctx, path, value, result)
+            except (SourceError, CsvFormatError) as exc:
+                failures.append(str(exc))
+        result.details["files"] = len(files)
+        if failures:
+            raise SourceError(self.name, "; ".join(failures))
+        return result
+
+    def _load_file(self, conn: Connection, ctx: Context, path: Path, value: str,
+                   result: Result) -> None:
+        content = _file_digest(path)
+        previous = conn.execute(sa.select(meta.sources.c.content_hash).where(
+            meta.sources.c.processor == self.name, meta.sources.c.source == path.name)).scalar()
+        if not ctx.full and previous == content:
+            result.details.setdefault("unchanged", []).append(path.name)
+            return
+        records = iter_records(path)
+        header = next(records, None)
+        if header is None:
+            raise SourceError(path.name, "the file is empty: it has no header row", line=1)
+        columns, extras = self._columns(conn, path, header)
+        table = ensure_table(
+            conn, self.definition().with_columns([Col(c, "text") for c in extras]),
+            run_id=ctx.run_id, now=ctx.run_ts,
+            reason=EXTRA_REASON.format(source=path.name))
+        all_extras = self._known_extras(conn, table)
+        loader = _FileLoad(self, table, path, value, columns, all_extras)
+        salt = hashlib.blake2b(
+            f"{self.version}\n{value}\n{header.raw}".encode(), digest_size=32).digest()
+        counts, rejects, read = loader.load(conn, ctx, records, salt)
+        result.rows_read += read
+        result.inserted += counts.inserted
+        result.updated += counts.updated
+        result.deleted += counts.deleted
+        result.rejected += len(rejects)
+        result.count_changes(table.name, counts.changes)
+        conn.execute(meta.rejects.delete().where(meta.rejects.c.source == path.name))
+        if rejects:
+            conn.execute(meta.rejects.insert(), [
+                {"source": path.name, "line": r[0], "reason": r[1], "raw": r[2],
+                 "run_id": ctx.run_id, "rejected_at": ctx.run_ts} for r in rejects])
+        s = meta.sources
+        conn.execute(s.delete().where(s.c.processor == self.name, s.c.source == path.name))
+        conn.execute(s.insert().values(processor=self.name, source=path.name, partition=value,
+                                       content_hash=content, header=header.raw,
+                                       run_id=ctx.run_id, loaded_at=ctx.run_ts))
+
+    def _columns(self, conn: Connection, path: Path,
+                 header: Record) -> tuple[list[str], list[str]]:
+        """The header's column names, and those of them that are extras."""
+        names = header.fields
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise SourceError(path.name, f"column {name!r} appears twice in the header",
+                                  line=header.line, column=name)
+            seen.add(name)
+        declared = [f.name for f in self.fields]
+        for name in declared:
+            if name not in seen:
+                raise SourceError(path.name, f"missing column {name!r} in the header "
+                                  f"(found: {', '.join(names)})", line=header.line, column=name)
+        extras = [n for n in names if n not in declared]
+        table = load_table(conn, self.table)
+        mine = {c.lower() for c in self._known_extras(conn, table)} if table else set()
+        taken = {c.lower() for c in (self.partition, *declared, *self.reserved)}
+        if table is not None:
+            taken |= {c.name.lower() for c in table.all_columns} - mine
+        for name in extras:
+            try:
+                _validate(name, what="column name")
+            except ValueError as exc:
+                raise SourceError(path.name, str(exc), line=header.line, column=name) from None
+            if name.lower() in taken:
+                raise SourceError(path.name, f"extra column {name!r} clashes with column "
+                                  f"{name!r} of {self.table}", line=header.line, column=name)
+        return names, extras
+
+    def _known_extras(self, conn: Connection, table: TrackedTable | None) -> list[str]:
+        """Extra columns this extract added to the table earlier, in table order."""
+        if table is None:
+            return []
+        h = meta.schema_history
+        added = set(conn.execute(sa.select(h.c.column_name).where(
+            h.c.table_name == self.table, h.c.change == "add_column",
+            h.c.reason.like(EXTRA_REASON.format(source="%")))).scalars())
+        return [c.name for c in table.columns if c.name in added]
+
+
+@dataclass
+class _FileLoad:
+    """Loading one file into its partition: compare hashes, parse, stage, merge."""
+
+    extract: CsvSnapshot
+    table: TrackedTable
+    path: Path
+    value: str
+    header: list[str]
+    extras: list[str]
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def load(self, conn: Connection, ctx: Context, records: Any,
+             salt: bytes) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
+        x = self.extract
+        t = self.table.table
+        own_key = [k for k in x.key if k != x.partition]
+        previous: dict[tuple[str, ...], int] = {
+            tuple(row[:-1]): row[-1] for row in conn.execute(
+                sa.select(*(t.c[k] for k in own_key), t.c[ROW_HASH])
+                .where(t.c[x.partition] == self.value, t.c[DELETED_AT].is_(None)))
+        }
+        position = {name: i for i, name in enumerate(self.header)}
+        key_at = [position[k] for k in own_key]
+        parsers = [(position[f.name], f.parse, f.nullable, f.reject_reason) for f in x.fields]
+        extra_at = [position.get(name) for name in self.extras]
+        width = len(self.header)
+        data = [c.name for c in self.table.columns if c.name in
+                {f.name for f in x.fields} | set(self.extras)]
+        order = [*x.key, *data]
+        field_pos = {f.name: i for i, f in enumerate(x.fields)}
+        stage_cols = [(c, sql_type(self.table.col(c).type)) for c in order]
+        stage_cols.append((ROW_HASH, sa.BigInteger()))
+        seen: set[tuple[str, ...]] = set()
+        read = 0
+        with bulk.stage(conn, f"{x.name}_rows", stage_cols) as staged:
+            with bulk.writer(conn, staged) as put:
+                for record in records:
+                    read += 1
+                    fields = record.fields
+                    if len(fields) != width:
+                        self._reject(record, "field_count")
+                        continue
+                    key = tuple(fields[i] for i in key_at)
+                    digest = record_hash(record.raw, salt)
+                    if previous.get(key) == digest and key not in seen:
+                        seen.add(key)
+                        continue
+                    if any(part == "" for part in key):
+                        self._reject(record, "empty_key")
+                        continue
+                    values = _parse(fields, parsers)
+                    if isinstance(values, str):
+                        self._reject(record, values)
+                        continue
+                    if key in seen:
+                        self._reject(record, "duplicate_key")
+                        continue
+                    seen.add(key)
+                    extra_values = [None if i is None or fields[i] == "" else fields[i]
+                                    for i in extra_at]
+                    row = self._row(order, field_pos, values, extra_values, x.partition)
+                    row.append(digest)
+                    put(row)
+                    if read % 100_000 == 0:
+                        ctx.progress(f"{x.name}:{self.path.name}", read, None)
+            counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
+        gone = [k for k in previous if k not in seen]
+        if gone:
+            key_types = [(k, sql_type(self.table.col(k).type)) for k in x.key]
+            with bulk.stage(conn, f"{x.name}_gone", key_types) as vanished:
+                bulk.load(conn, vanished, (self._full_key(k, x) for k in gone))
+                counts.deleted = delete_keys(conn, self.table, vanished, ctx.run_ts)
+        return counts, self.rejects, read
+
+    def _row(self, order: Sequence[str], field_pos: dict[str, int], values: list[Any],
+             extra_values: list[Any], partition: str) -> list[Any]:
+        extras = dict(zip(self.extras, extra_values, strict=True))
+        row = []
+        for name in order:
+            if name == partition:
+                row.append(self.value)
+            elif name in field_pos:
+                row.append(values[field_pos[name]])
+            else:
+                row.append(extras.get(name))
+        return row
+
+    def _full_key(self, key: tuple[str, ...], x: CsvSnapshot) -> list[Any]:
+        own = iter(key)
+        return [self.value if k == x.partition else next(own) for k in x.key]
+
+    def _reject(self, record: Record, reason: str) -> None:
+        self.rejects.append((record.line, reason, record.raw))
+
+
+def _parse(fields: list[str],
+           parsers: list[tuple[int, Parse | None, bool, str]]) -> list[Any] | str:
+    """The parsed values in declared order, or the reason code of the first bad one."""
+    values: list[Any] = []
+    for i, parse, nullable, reason in parsers:
+        text = fields[i]
+        if text == "":
+            if not nullable:
+                return reason
+            values.append(None)
+        elif parse is None:
+            values.append(text)
+        else:
+            try:
+                values.append(parse(text))
+            except ValueError:
+                return reason
+    return values
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,150 @@
+"""Quality rules: findings opened, kept and resolved incrementally in ``exceptions``.
+
+A rule looks at one row (with its lookups) and returns a detail text when
+the row is a finding. A refresh re-checks only the rows whose inputs or
+lookup partners changed after the watermark, and the rows deleted since;
+a finding is resolved, never deleted, when its cause goes away, and a new
+finding is opened if the cause returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader import bulk, meta
+from loader.coltypes import sql_type
+from loader.processors._select import Lookup, RowSet
+from loader.processors.base import Context, Result, stamp_text
+from loader.state import get_watermark, set_watermark
+
+Check = Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named check of one row; returns the finding's detail, or None when fine."""
+
+    name: str
+    check: Check
+    inputs: tuple[str, ...]
+    lookups: tuple[Lookup, ...] = ()
+
+
+def default_row_key(key: Sequence[Any]) -> str:
+    """``value1:value2`` of the key columns."""
+    return ":".join("" if v is None else str(v) for v in key)
+
+
+@dataclass
+class Quality:
+    """Run ``rules`` over the live rows of ``table``."""
+
+    name: str
+    table: str
+    rules: tuple[Rule, ...]
+    version: str = "1"
+    page: int = 20_000
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for rule in self.rules for c in rule.inputs))
+
+    @property
+    def lookups(self) -> tuple[Lookup, ...]:
+        return tuple({lk.name: lk for rule in self.rules for lk in rule.lookups}.values())
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        local = tuple(f"{self.table}.{c}" for c in self.inputs)
+        return local + tuple(r for lookup in self.lookups for r in lookup.reads)
+
+    @property
+    def provides(self) -> tuple[str, ...]:
+        return tuple(f"exceptions.{rule.name}" for rule in self.rules)
+
+    def run(self, ctx: Context) -> Result:
+        result = Result()
+        with ctx.warehouse.begin() as conn:
+            rows = RowSet.bind(conn, self.table, self.inputs, self.lookups)
+            inputs = [self.table, *(lookup.table for lookup in self.lookups)]
+            marks = {i: get_watermark(conn, self.name, i) for i in inputs}
+            result.watermark_before = {i: stamp_text(w.at) for i, w in marks.items()}
+            incremental = not ctx.full and all(w.applies(self.version) for w in marks.values())
+            since = min(w.at for w in marks.values() if w.at is not None) if incremental else None
+            self._check(conn, ctx, rows, since, result)
+            for input_ in inputs:
+                set_watermark(conn, self.name, input_, ctx.run_ts, self.version)
+            result.watermark_after = {i: stamp_text(ctx.run_ts) for i in inputs}
+        return result
+
+    def _check(self, conn: Connection, ctx: Context, rows: RowSet, since: datetime | None,
+               result: Result) -> None:
+        key_names = rows.table.key_names
+        with ExitStack() as stack:
+            findings = stack.enter_context(bulk.stage(conn, f"{self.name}_findings", [
+                ("rule", sa.Text()), ("row_key", sa.Text()), ("detail", sa.Text())]))
+            checked = stack.enter_context(bulk.stage(conn, f"{self.name}_checked",
+                                                     [("row_key", sa.Text())]))
+            keys = None
+            if since is not None:
+                keys = stack.enter_context(bulk.stage(
+                    conn, f"{self.name}_keys", [(k.name, sql_type(k.type)) for k in rows.table.key]))
+                conn.execute(sa.insert(keys).from_select(list(key_names),
+                                                         rows.changed(since, self.inputs)))
+                gone = conn.execute(rows.deleted_since(since)).all()
+                bulk.load(conn, checked, ([default_row_key(k)] for k in gone))
+            for page in rows.pages(keys, self.page):
+                found, seen = [], []
+                for row in page:
+                    row_key = default_row_key([row[k] for k in key_names])
+                    seen.append([row_key])
+                    for rule in self.rules:
+                        detail = rule.check(row)
+                        if detail is not None:
+                            found.append([rule.name, row_key, detail])
+                bulk.load(conn, findings, found)
+                if since is not None:
+                    bulk.load(conn, checked, seen)
+                result.rows_read += len(page)
+                ctx.progress(self.name, result.rows_read, None)
+            self._write(conn, ctx, findings, None if since is None else checked, result)
+
+    def _write(self, conn: Connection, ctx: Context, findings: sa.Table,
+               checked: sa.Table | None, result: Result) -> None:
+        e = meta.exceptions
+        ts = sa.literal(ctx.run_ts, sa.DateTime())
+        rules = [rule.name for rule in self.rules]
+        is_open = sa.and_(e.c.resolved_at.is_(None), e.c.table_name == self.table,
+                          e.c.rule.in_(rules))
+        same = sa.and_(findings.c.rule == e.c.rule, findings.c.row_key == e.c.row_key)
+        resolve = sa.update(e).where(is_open, ~sa.exists().where(same)).values(resolved_at=ts)
+        if checked is not None:
+            resolve = resolve.where(sa.exists().where(checked.c.row_key == e.c.row_key))
+        result.deleted = conn.execute(resolve).rowcount
+        keep = sa.update(e).where(is_open, same).values(detail=findings.c.detail)
+        if checked is None:
+            keep = keep.where(e.c.detail.is_distinct_from(findings.c.detail))
+        else:
+            keep = keep.values(last_seen_at=ts)
+        result.updated = conn.execute(keep).rowcount
+        result.inserted = conn.execute(sa.insert(e).from_select(
+            ["rule", "table_name", "row_key", "detail", "first_seen_at", "last_seen_at"],
+            sa.select(findings.c.rule, sa.literal(self.table), findings.c.row_key,
+                      findings.c.detail, ts, ts)
+            .where(~sa.exists().where(is_open, same)),
+        ), execution_options={"preserve_rowcount": True}).rowcount
+        opened = conn.execute(
+            sa.select(e.c.rule, sa.func.count()).where(e.c.resolved_at.is_(None),
+                                                       e.c.table_name == self.table,
+                                                       e.c.rule.in_(rules))
+            .group_by(e.c.rule)).all()
+        result.details["open"] = {rule: int(n) for rule, n in opened}
+        result.count_changes("exceptions", {"opened": result.inserted,
+                                            "resolved": result.deleted})

@@ -1,0 +1,278 @@
+"""Tracked tables: rows that remember when each of their columns last changed.
+
+A tracked table named ``NAME`` is stored as the physical table
+``NAME_tracked`` and read through the view ``NAME``, which shows the live rows
+and the user's columns only. The physical table holds, besides the key and
+the data columns:
+
+- ``_changed_at_<column>`` for every data column: the run timestamp at which
+  that column's value last changed (a new row stamps every column);
+- ``_changed_at``: the run timestamp of the row's latest change of any kind,
+  indexed, so that selecting what changed since a watermark is a range scan;
+- ``_deleted_at``: NULL while the row is live, the run timestamp of its soft
+  deletion otherwise; a key that returns is revived and stamps every column;
+- ``_live_since``: the run timestamp at which the row was inserted or last
+  revived, so that a lookup can notice a partner appearing;
+- ``_row_hash``: the hash of the source record an extract loaded the row
+  from, so that a reload can skip records that did not change.
+
+Names starting with ``_`` are reserved for these columns. The definitions are
+kept in the registry table ``loader_tables``; new columns are added with
+``ALTER TABLE`` and recorded in ``loader_schema_history``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from loader import meta
+from loader.coltypes import sql_type
+from loader.errors import SchemaError
+
+CHANGED_AT = "_changed_at"
+DELETED_AT = "_deleted_at"
+LIVE_SINCE = "_live_since"
+ROW_HASH = "_row_hash"
+PHYSICAL_SUFFIX = "_tracked"
+
+
+def stamp(column: str) -> str:
+    """The name of the column holding ``column``'s last-change timestamp."""
+    return f"_changed_at_{column}"
+
+
+def physical_name(table: str) -> str:
+    return f"{table}{PHYSICAL_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column of a tracked table: a name and a type name (see ``coltypes``)."""
+
+    name: str
+    type: str = "text"
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name.startswith("_"):
+            raise SchemaError(f"column name {self.name!r} is reserved: names may not start with _")
+        sql_type(self.type)
+
+
+def cols(spec: str | Iterable[str | Col | tuple[str, str]]) -> tuple[Col, ...]:
+    """Columns from ``"a, b:integer"``, names, ``Col``s or ``(name, type)`` pairs."""
+    items: Iterable[str | Col | tuple[str, str]]
+    items = [part.strip() for part in spec.split(",") if part.strip()] \
+        if isinstance(spec, str) else spec
+    result = []
+    for item in items:
+        if isinstance(item, Col):
+            result.append(item)
+        elif isinstance(item, tuple):
+            result.append(Col(item[0], item[1]))
+        else:
+            name, _, type_name = item.partition(":")
+            result.append(Col(name.strip(), type_name.strip() or "text"))
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class TrackedTable:
+    """The definition of a tracked table: key columns and tracked data columns.
+
+    ``nullable_key`` allows NULL in key columns (an aggregate's groups may
+    have a NULL group value); keys are then matched NULL-safely.
+    """
+
+    name: str
+    key: tuple[Col, ...]
+    columns: tuple[Col, ...] = ()
+    nullable_key: bool = False
+    indexes: tuple[tuple[str, ...], ...] = field(default=())
+
+    @property
+    def physical(self) -> str:
+        return physical_name(self.name)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.key)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def all_columns(self) -> tuple[Col, ...]:
+        return self.key + self.columns
+
+    def col(self, name: str) -> Col:
+        for column in self.all_columns:
+            if column.name == name:
+                return column
+        raise SchemaError(f"table {self.name!r} has no column {name!r}")
+
+    def with_columns(self, extra: Sequence[Col]) -> TrackedTable:
+        known = {c.name.lower() for c in self.all_columns}
+        new = [c for c in extra if c.name.lower() not in known]
+        return replace(self, columns=self.columns + tuple(new)) if new else self
+
+    @functools.cached_property
+    def table(self) -> sa.Table:
+        """The physical table as a SQLAlchemy ``Table``."""
+        md = sa.MetaData()
+        columns: list[sa.Column[Any]] = [
+            sa.Column(c.name, sql_type(c.type), primary_key=not self.nullable_key,
+                      nullable=self.nullable_key)
+            for c in self.key
+        ]
+        columns += [sa.Column(c.name, sql_type(c.type)) for c in self.columns]
+        columns += [sa.Column(stamp(c.name), sa.DateTime) for c in self.columns]
+        columns += [
+            sa.Column(CHANGED_AT, sa.DateTime, nullable=False),
+            sa.Column(DELETED_AT, sa.DateTime),
+            sa.Column(LIVE_SINCE, sa.DateTime, nullable=False),
+            sa.Column(ROW_HASH, sa.BigInteger),
+        ]
+        table = sa.Table(self.physical, md, *columns)
+        sa.Index(f"ix_{self.name}_changed", table.c[CHANGED_AT])
+        if self.nullable_key:
+            sa.Index(f"ix_{self.name}_key", *(table.c[n] for n in self.key_names))
+        for index_cols in self.indexes:
+            sa.Index(_index_name(self.name, index_cols), *(table.c[n] for n in index_cols))
+        return table
+
+    def to_registry(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "key": json.dumps({"columns": [[c.name, c.type] for c in self.key],
+                               "nullable": self.nullable_key}),
+            "columns": json.dumps([[c.name, c.type] for c in self.columns]),
+        }
+
+    @classmethod
+    def from_registry(cls, row: Any) -> TrackedTable:
+        key = json.loads(row.key)
+        return cls(
+            name=row.name,
+            key=tuple(Col(n, t) for n, t in key["columns"]),
+            columns=tuple(Col(n, t) for n, t in json.loads(row.columns)),
+            nullable_key=bool(key["nullable"]),
+        )
+
+
+def _index_name(table: str, columns: Sequence[str]) -> str:
+    name = f"ix_{table}__{'_'.join(columns)}"
+    if len(name) > 60:
+        digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+        name = f"{name[:50]}_{digest}"
+    return name
+
+
+def load_table(conn: Connection, name: str) -> TrackedTable | None:
+    """The registered definition of table ``name``, or None if it does not exist."""
+    row = conn.execute(sa.select(meta.tables).where(meta.tables.c.name == name)).first()
+    return TrackedTable.from_registry(row) if row is not None else None
+
+
+def require_table(conn: Connection, name: str) -> TrackedTable:
+    table = load_table(conn, name)
+    if table is None:
+        raise SchemaError(f"table {name!r} does not exist in the warehouse yet: run the flow "
+                          "that creates it first")
+    return table
+
+
+def ensure_table(conn: Connection, wanted: TrackedTable, *, run_id: int | None,
+                 now: datetime, reason: str = "") -> TrackedTable:
+    """Create ``wanted`` or add its missing columns; return the full definition.
+
+    Columns already in the warehouse are kept (with their types); a column
+    whose type differs from the stored one is an error. Every change is
+    recorded in the schema history, and the view is recreated.
+    """
+    current = load_table(conn, wanted.name)
+    history: list[dict[str, Any]] = []
+    if current is None:
+        table = wanted
+        table.table.create(conn)
+        conn.execute(meta.tables.insert().values(**table.to_registry()))
+        history.append({"change": "create", "column_name": None, "column_type": None})
+    else:
+        if current.key_names != wanted.key_names:
+            raise SchemaError(
+                f"table {wanted.name!r} is keyed by {', '.join(current.key_names)} in the "
+                f"warehouse, not by {', '.join(wanted.key_names)}"
+            )
+        stored = {c.name.lower(): c for c in current.all_columns}
+        for column in wanted.columns:
+            old = stored.get(column.name.lower())
+            if old is not None and old.type != column.type:
+                raise SchemaError(
+                    f"column {wanted.name}.{column.name} is {old.type} in the warehouse, "
+                    f"not {column.type}"
+                )
+        table = current.with_columns(wanted.columns)
+        added = table.columns[len(current.columns):]
+        physical = sa.table(table.physical)
+        for column in added:
+            _add_column(conn, physical.name, column)
+            history.append({"change": "add_column", "column_name": column.name,
+                            "column_type": column.type})
+        if added:
+            conn.execute(meta.tables.update().where(meta.tables.c.name == table.name)
+                         .values(columns=table.to_registry()["columns"]))
+        table = replace(table, indexes=wanted.indexes)
+        _ensure_indexes(conn, table)
+    if history:
+        conn.execute(meta.schema_history.insert(), [
+            {"table_name": table.name, "reason": reason or None, "run_id": run_id,
+             "changed_at": now, **entry}
+            for entry in history
+        ])
+        create_view(conn, table)
+    return table
+
+
+def _add_column(conn: Connection, physical: str, column: Col) -> None:
+    preparer = conn.dialect.identifier_preparer
+    for name, type_ in ((column.name, sql_type(column.type)), (stamp(column.name), sa.DateTime())):
+        type_sql = type_.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(physical)} ADD COLUMN {preparer.quote(name)} {type_sql}"
+        )
+
+
+def _ensure_indexes(conn: Connection, table: TrackedTable) -> None:
+    existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.physical)}
+    physical = table.table
+    for index in physical.indexes:
+        if index.name not in existing:
+            index.create(conn)
+
+
+def create_view(conn: Connection, table: TrackedTable) -> None:
+    """(Re)create the view that shows the live rows and user columns of ``table``."""
+    physical = table.table
+    select = sa.select(*(physical.c[c.name] for c in table.all_columns)).where(
+        physical.c[DELETED_AT].is_(None)
+    )
+    body = str(select.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    view = conn.dialect.identifier_preparer.quote(table.name)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {view} AS {body}")
+    else:
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
+        conn.exec_driver_sql(f"CREATE VIEW {view} AS {body}")
+
+
+def live(table: sa.Table) -> sa.ColumnElement[bool]:
+    return table.c[DELETED_AT].is_(None)

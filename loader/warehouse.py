@@ -1,0 +1,138 @@
+"""The warehouse: one SQLAlchemy engine, its clock, and safe defaults per dialect.
+
+SQLite is the embedded default and needs no service; PostgreSQL is the
+production warehouse. On SQLite every transaction starts with
+``BEGIN IMMEDIATE`` so that concurrent writers queue on the database lock
+instead of failing half-way, and the journal is in WAL mode so readers never
+wait for a writer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from loader.errors import ConfigError
+
+DEFAULT_URL = "sqlite:///warehouse.db"
+_SECRET_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+
+
+def mask_url(text: str) -> str:
+    """Replace the password of every URL in ``text`` with ``***``."""
+    return _SECRET_IN_URL.sub(r"\g<head>***@", text)
+
+
+def warehouse_url(url: str | None = None) -> str:
+    """The warehouse URL: the argument, else ``LOADER_WAREHOUSE_URL``, else SQLite."""
+    return url or os.environ.get("LOADER_WAREHOUSE_URL") or DEFAULT_URL
+
+
+def create_engine(url: str) -> Engine:
+    """An engine with the loader's settings for its dialect."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {mask_url(url)!r} ({exc})") from None
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        options = " ".join(filter(None, [str(parsed.query.get("options", "")),
+                                         "-c timezone=UTC"]))
+        parsed = parsed.difference_update_query(["options"])
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"options": options})
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 300})
+        _make_sqlite_transactional(engine)
+        return engine
+    raise ConfigError(
+        f"unsupported warehouse {mask_url(url)!r}: use sqlite:///FILE or postgresql://..."
+    )
+
+
+def _make_sqlite_transactional(engine: Engine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide where transactions begin."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Warehouse:
+    """A warehouse database: where tracked tables, history and state live."""
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+        self.url = warehouse_url(url)
+        self.engine = create_engine(self.url)
+        self._migrated = False
+        if migrate:
+            self.migrate()
+
+    def __repr__(self) -> str:
+        return f"Warehouse({mask_url(self.url)!r})"
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def migrate(self) -> None:
+        """Apply the loader's Alembic migrations once per process."""
+        if not self._migrated:
+            from loader.migrate import upgrade
+
+            upgrade(self.engine)
+            self._migrated = True
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction that commits on success."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database server's current UTC time, as a naive datetime."""
+    if conn.dialect.name == "postgresql":
+        value = conn.exec_driver_sql(
+            "SELECT (clock_timestamp() AT TIME ZONE 'UTC')"
+        ).scalar_one()
+    else:
+        value = conn.exec_driver_sql(
+            "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"
+        ).scalar_one()
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=None)
+
+
+TICK = timedelta(microseconds=1)

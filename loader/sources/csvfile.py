@@ -1,0 +1,294 @@
+"""Streaming CSV reading and field parsing for source files.
+
+The reader is built for files of millions of rows: it reads line by line, splits records
+without quotes with plain ``str.split`` and hands only quoted records to the ``csv`` module.
+Every record keeps its starting line number and its exact text, so that rejected rows can be
+reported precisely and hashed for change tracking.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from dateutil.parser import isoparse
+
+__all__ = [
+    "CsvFormatError",
+    "Record",
+    "iter_records",
+    "parse_code",
+    "parse_date",
+    "parse_decimal",
+    "parse_int",
+    "parse_timestamp",
+    "read_header",
+    "record_hash",
+    "validate_identifier",
+]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class CsvFormatError(ValueError):
+    """A source file that cannot be read as CSV at all (as opposed to one bad record)."""
+
+    def __init__(self, path: Path, line: int, message: str) -> None:
+        super().__init__(f"{path.name} line {line}: {message}")
+        self.path = path
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One logical CSV record: where it starts, its exact text and its parsed fields."""
+
+    line: int
+    raw: str
+    fields: list[str]
+
+
+def _without_line_end(line: str) -> str:
+    """Drop one final LF or CRLF, keeping any other carriage return as data."""
+    if line.endswith("\r\n"):
+        return line[:-2]
+    if line.endswith("\n"):
+        return line[:-1]
+    return line
+
+
+def _split_by_hand(text: str) -> list[str]:
+    """Split a quoted record the way the ``csv`` module does, but with line ends as data.
+
+    Only used when the ``csv`` module gives up, e.g. on a bare CR outside quotes or on
+    text swallowed by a stray quote; such records are rejected later by their field count.
+    """
+    fields: list[str] = []
+    chars: list[str] = []
+    state = "start"
+    for char in text:
+        if state == "quoted":
+            if char == '"':
+                state = "quote_in_quoted"
+            else:
+                chars.append(char)
+        elif char == ",":
+            fields.append("".join(chars))
+            chars = []
+            state = "start"
+        elif state == "start" and char == '"':
+            state = "quoted"
+        elif state == "start" and char == " ":
+            continue
+        elif state == "quote_in_quoted" and char == '"':
+            chars.append('"')
+            state = "quoted"
+        else:
+            chars.append(char)
+            state = "unquoted"
+    fields.append("".join(chars))
+    return fields
+
+
+def _split_quoted(text: str) -> list[str]:
+    """Parse a record containing quotes into stripped fields."""
+    try:
+        row = next(csv.reader([text], skipinitialspace=True), [""])
+    except csv.Error:
+        row = _split_by_hand(text)
+    return [field.strip() for field in row]
+
+
+def iter_records(path: Path) -> Iterator[Record]:
+    """Yield the records of a UTF-8 CSV file one at a time, skipping blank lines.
+
+    A record continues onto the next line while it holds an odd number of quotes; an
+    unterminated quote at the end of the file yields the rest of the file as one record.
+    Raises CsvFormatError naming the line when the file is not valid UTF-8.
+    """
+    strip = str.strip
+    with path.open("rb") as stream:
+        if stream.read(len(_BOM)) != _BOM:
+            stream.seek(0)
+        pending: list[str] = []
+        start = 0
+        lineno = 0
+        for data in stream:
+            lineno += 1
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CsvFormatError(path, lineno, "not valid UTF-8") from exc
+            if pending:
+                pending.append(line)
+                if line.count('"') & 1:
+                    text = _without_line_end("".join(pending))
+                    pending = []
+                    yield Record(start, text, _split_quoted(text))
+                continue
+            if '"' in line:
+                if line.count('"') & 1:
+                    pending = [line]
+                    start = lineno
+                    continue
+                text = _without_line_end(line)
+                yield Record(lineno, text, _split_quoted(text))
+                continue
+            if line.endswith("\r\n"):
+                text = line[:-2]
+            elif line.endswith("\n"):
+                text = line[:-1]
+            else:
+                text = line
+            if not text or text.isspace():
+                continue
+            yield Record(lineno, text, list(map(strip, text.split(","))))
+        if pending:
+            text = _without_line_end("".join(pending))
+            yield Record(start, text, _split_quoted(text))
+
+
+def read_header(records: Iterator[Record]) -> Record | None:
+    """Return the first record (the header), or None for a file without records."""
+    return next(records, None)
+
+
+def record_hash(raw: str, salt: bytes) -> int:
+    """Hash a record's text to a signed 64-bit integer that fits a BIGINT column.
+
+    Keyed BLAKE2b is stable across processes and Python versions, unlike ``hash()``.
+    """
+    digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8, key=salt).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# The forms that datetime.fromisoformat reads exactly as isoparse does, with the zone (if any)
+# in group 1. Everything else, including hour 24, offset minutes of 60 or more and lower-case
+# separators, goes to isoparse.
+_TIMESTAMP_FAST = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+    r"(Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?"
+)
+# Zone text to UTC offset; the regex above bounds it to 2 * 24 * 60 + 1 entries.
+_OFFSETS: dict[str, timedelta] = {"Z": timedelta(0)}
+
+
+def _offset(zone: str) -> timedelta:
+    """Return the UTC offset of a ``Z`` or ``±HH:MM`` zone matched by _TIMESTAMP_FAST."""
+    offset = _OFFSETS.get(zone)
+    if offset is None:
+        minutes = int(zone[1:3]) * 60 + int(zone[4:6])
+        offset = _OFFSETS[zone] = timedelta(minutes=-minutes if zone[0] == "-" else minutes)
+    return offset
+
+
+def _out_of_range(text: str) -> ValueError:
+    """The error for a timestamp that is valid but cannot be expressed in UTC."""
+    return ValueError(f"timestamp out of range in UTC: {text!r}")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp to naive UTC, exactly as ``dateutil.parser.isoparse``.
+
+    Common shapes take a fast path through ``datetime.fromisoformat``; anything else, and
+    anything the fast path rejects, is decided by isoparse itself so the two never differ.
+    Subtracting the offset from the local time is what ``astimezone(UTC)`` does for fixed
+    offsets, without the cost of aware datetimes.
+    """
+    match = _TIMESTAMP_FAST.fullmatch(text)
+    if match is not None:
+        zone_at = match.start(1)
+        try:
+            local = datetime.fromisoformat(text if zone_at < 0 else text[:zone_at])
+        except ValueError:
+            pass
+        else:
+            if zone_at < 0:
+                return local
+            try:
+                return local - _offset(text[zone_at:])
+            except OverflowError as exc:
+                raise _out_of_range(text) from exc
+    try:
+        value = isoparse(text)
+    except Exception as exc:  # isoparse raises ValueError and, for some dates, OverflowError
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}") from exc
+    if value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError as exc:
+        raise _out_of_range(text) from exc
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def parse_int(text: str) -> int:
+    """Parse a plain ASCII integer such as ``-42``; no spaces, underscores or decimals."""
+    if _INT.fullmatch(text) is None:
+        raise ValueError(f"not an integer: {text!r}")
+    return int(text)
+
+
+def parse_decimal(places: int) -> Callable[[str], Decimal]:
+    """Make a parser for plain decimals with at most ``places`` digits after the point."""
+    if places < 0:
+        raise ValueError(f"decimal places must not be negative, got {places}")
+    fraction = rf"(?:\.[0-9]{{1,{places}}})?" if places else ""
+    pattern = re.compile(rf"[+-]?[0-9]+{fraction}")
+
+    def parse(text: str) -> Decimal:
+        """Parse ``text`` as a decimal with at most the configured places."""
+        if pattern.fullmatch(text) is None:
+            raise ValueError(f"not a decimal with at most {places} places: {text!r}")
+        return Decimal(text)
+
+    return parse
+
+
+def parse_code(length: int) -> Callable[[str], str]:
+    """Make a parser for codes of exactly ``length`` ASCII letters, returned in upper case."""
+    if length < 1:
+        raise ValueError(f"code length must be positive, got {length}")
+    pattern = re.compile(rf"[A-Za-z]{{{length}}}")
+
+    def parse(text: str) -> str:
+        """Parse ``text`` as a code of the configured length."""
+        if pattern.fullmatch(text) is None:
+            raise ValueError(f"not a code of {length} letters: {text!r}")
+        return text.upper()
+
+    return parse
+
+
+def parse_date(text: str) -> date:
+    """Parse a calendar date written exactly as ``YYYY-MM-DD``."""
+    if _DATE.fullmatch(text) is None:
+        raise ValueError(f"not a date (YYYY-MM-DD): {text!r}")
+    return date.fromisoformat(text)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+
+
+def validate_identifier(name: str, *, what: str) -> str:
+    """Return ``name`` if it is safe to use as an SQL identifier, else raise ValueError.
+
+    ``what`` names the kind of identifier (e.g. "column name") in the error message.
+    """
+    if _IDENTIFIER.fullmatch(name) is None:
+        raise ValueError(
+            f"{what} {name!r} is not allowed: use letters, digits and _ "
+            "(starting with a letter, at most 48 characters)"
+        )
+    return name

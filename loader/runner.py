@@ -1,0 +1,178 @@
+"""Running a flow: the run's start and end around a Celery canvas.
+
+Start: take the warehouse lock, draw the run clock, record the run with the
+ids of its tasks. Then send the canvas (to the embedded worker, or to the
+broker's workers) and watch the tasks' states until every task succeeded or
+one failed and nothing is still running. End: record the status and error,
+release the lock; every task also carries an error callback that marks the
+run failed, so a run whose watcher died is not left "running" by a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.result import AsyncResult
+
+from loader import flow as flows
+from loader import history, tasks
+from loader.celery_app import app, embedded, run_failed
+from loader.errors import ConfigError, LoaderError
+from loader.execute import describe
+from loader.flow import Flow
+from loader.lock import Lease
+from loader.processors.base import Mode, Processor
+from loader.warehouse import Warehouse
+
+FINISHED = {"SUCCESS", "FAILURE", "REVOKED"}
+ACTIVE = {"STARTED", "PROGRESS", "RETRY", "RECEIVED"}
+
+
+@dataclass
+class TaskState:
+    """What the watcher knows of one task."""
+
+    name: str
+    task_id: str
+    stage: int
+    state: str = "PENDING"
+    info: Any = None
+
+
+@dataclass
+class RunReport:
+    """The end of a run: its id, status, error and every task's last state."""
+
+    run_id: int
+    flow: str
+    mode: str
+    status: str
+    error: str | None
+    seconds: float
+    tasks: list[TaskState] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+Watcher = Callable[[Sequence[TaskState]], None]
+
+
+def _ignore(states: Sequence[TaskState]) -> None:
+    """The default watcher shows nothing."""
+
+
+_embedded: threading.Thread | None = None
+_embedded_lock = threading.Lock()
+
+
+def embedded_worker(concurrency: int = 4) -> None:
+    """Start (once per process) a Celery worker in a thread pool on the in-memory broker.
+
+    It lives as long as the process: stopping a worker takes seconds, and a
+    process that runs several flows (tests, the demo) reuses it.
+    """
+    global _embedded
+    with _embedded_lock:
+        if _embedded is not None and _embedded.is_alive():
+            return
+        from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
+
+        setup_app_for_worker(app, "WARNING", None)
+        for name in ("celery", "kombu"):
+            # The runner reports task errors itself, once, in one line.
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        worker = TestWorkController(
+            app=app, concurrency=concurrency, pool="threads", loglevel="WARNING",
+            logfile=None, hostname=f"embedded@{socket.gethostname()}", ready_callback=None,
+            without_heartbeat=True, without_mingle=True, without_gossip=True)
+        _embedded = threading.Thread(target=worker.start, name="loader-worker", daemon=True)
+        _embedded.start()
+        worker.ensure_started()
+
+
+def run_flow(wh: Warehouse, flow: Flow, *, params: Mapping[str, str] | None = None,
+             mode: Mode | None = None, only: Sequence[str] = (), wait: float = 0.0,
+             watcher: Watcher = _ignore, poll: float = 0.2,
+             concurrency: int = 4) -> RunReport:
+    """Run ``flow`` against ``wh``; returns how it ended (it raises only for bad input)."""
+    params = dict(params or {})
+    flows.check(flow)
+    missing = [p for p in flow.params if p not in params]
+    if missing:
+        raise ConfigError(f"flow {flow.name or 'given'} needs parameter(s) "
+                          f"{', '.join(missing)}: pass -p {missing[0]}=VALUE")
+    chosen = flows.select(flow, only) if only else flow.stages
+    run_mode: Mode = mode or flow.mode
+    lease = Lease(wh)
+    lease.acquire(wait)
+    started = time.monotonic()
+    try:
+        with wh.begin() as conn:
+            run = history.start_run(conn, flow.name or "adhoc", run_mode, params, only)
+        lease.attach(run.run_id)
+        payload = {"run_id": run.run_id, "run_ts": run.run_ts.isoformat(), "flow": run.flow,
+                   "mode": run_mode, "params": params, "warehouse": wh.masked_url}
+        states, canvas = _prepare(chosen, payload, wh)
+        with wh.begin() as conn:
+            history.set_task_ids(conn, run.run_id, {s.name: s.task_id for s in states})
+        tasks.use_warehouse(wh)
+        status, error = "failed", None
+        try:
+            if embedded():
+                embedded_worker(concurrency)
+            canvas.apply_async()
+            status, error = _watch(states, watcher, poll)
+        except LoaderError:
+            raise
+        except Exception as exc:
+            error = describe(exc)
+        with wh.begin() as conn:
+            history.finish_run(conn, run.run_id, status, error)
+        return RunReport(run.run_id, run.flow, run_mode, status, error,
+                         time.monotonic() - started, states)
+    finally:
+        lease.release()
+
+
+def _prepare(chosen: Sequence[Sequence[Processor]], payload: dict[str, Any],
+             wh: Warehouse) -> tuple[list[TaskState], Any]:
+    states = [TaskState(proc.name, str(uuid.uuid4()), index)
+              for index, stage in enumerate(chosen) for proc in stage]
+    errback = run_failed.s(run_id=payload["run_id"], warehouse=wh.masked_url)
+    canvas = flows.build(chosen, run=payload, link_error=errback,
+                         task_ids={s.name: s.task_id for s in states})
+    return states, canvas
+
+
+def _watch(states: list[TaskState], watcher: Watcher, poll: float) -> tuple[str, str | None]:
+    """Poll the tasks' states until the run is over; returns status and error."""
+    while True:
+        for state in states:
+            if state.state in FINISHED:
+                continue
+            result = AsyncResult(state.task_id, app=app)
+            state.state, state.info = result.state, result.info
+        watcher(states)
+        failed = [s for s in states if s.state in ("FAILURE", "REVOKED")]
+        running = [s for s in states if s.state in ACTIVE]
+        if failed and not running:
+            first = failed[0]
+            return "failed", f"task {first.name!r} failed: {_error_text(first.info)}"
+        if all(s.state == "SUCCESS" for s in states):
+            return "succeeded", None
+        time.sleep(poll)
+
+
+def _error_text(info: Any) -> str:
+    if isinstance(info, BaseException):
+        return describe(info)
+    return str(info)

@@ -1,0 +1,263 @@
+"""The sales warehouse: the reference flow.
+
+Sources, in the data directory ``data_dir``:
+
+- ``sales_<region>.csv``: one full snapshot per region;
+- the shop database at ``source_url`` (default ``sqlite:///<data_dir>/shop.db``):
+  ``customers``, ``products`` and ``fx_rates``, each with an ``updated_at``.
+
+Outputs: ``sales`` (with derived columns), ``daily_sales``,
+``customer_summary``, ``exceptions`` and ``rejects``.
+
+``sales.nightly`` rebuilds everything (and finds rows deleted in the shop
+database); ``sales.refresh`` consumes only what changed since the last run.
+Both end with validation checks.
+
+    loader run sales.nightly -p data_dir=DIR [-p source_url=URL]
+    loader run sales.refresh -p data_dir=DIR
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from celery import chain, group
+from sqlalchemy.engine import Connection
+
+from loader import (
+    Aggregate,
+    CsvSnapshot,
+    Derive,
+    Field,
+    Flow,
+    Lookup,
+    Quality,
+    Rule,
+    SqlExtract,
+    cols,
+    count,
+    max_of,
+    min_of,
+    step,
+    sum_of,
+)
+from loader.coltypes import exact_sum
+from loader.processors.base import Context
+from loader.processors.validate import Check, Validate
+from loader.sources.csvfile import parse_code, parse_decimal, parse_int, parse_timestamp
+
+SHOP = "sqlite:///{data_dir}/shop.db"
+CENT = Decimal("0.01")
+DERIVED = ("sold_on", "amount", "rate_to_aud", "amount_aud", "customer_segment", "category")
+
+# --- extract: the region files and the shop database ----------------------------------
+
+sales_files = CsvSnapshot(
+    name="sales_files",
+    table="sales",
+    pattern="sales_{region}.csv",
+    key=("region", "txn_id"),
+    fields=(
+        Field("txn_id"),
+        Field("sold_at", "timestamp", parse_timestamp, nullable=False),
+        Field("store_id"),
+        Field("customer_id"),
+        Field("sku"),
+        Field("quantity", "integer", parse_int, nullable=False),
+        Field("unit_price", "decimal:4", parse_decimal(4), nullable=False),
+        Field("currency", "text", parse_code(3), nullable=False),
+    ),
+    reserved=DERIVED,
+)
+
+customers = SqlExtract(
+    name="shop_customers", table="customers", source_table="customers",
+    key=cols("customer_id"),
+    columns=cols("name, email, country, segment, updated_at:timestamp"),
+    url_default=SHOP,
+)
+
+products = SqlExtract(
+    name="shop_products", table="products", source_table="products",
+    key=cols("sku"),
+    columns=cols("name, category, updated_at:timestamp"),
+    url_default=SHOP,
+)
+
+fx_rates = SqlExtract(
+    name="shop_fx_rates", table="fx_rates", source_table="fx_rates",
+    key=cols("currency, day:date"),
+    columns=cols("rate_to_aud:decimal, updated_at:timestamp"),
+    transforms={"currency": str.upper},
+    url_default=SHOP,
+)
+
+# --- transform: derived columns of sales ------------------------------------------------
+
+
+def amounts(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The UTC day of the sale and its exact amount."""
+    return {"sold_on": row["sold_at"].date(), "amount": row["quantity"] * row["unit_price"]}
+
+
+def in_aud(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The rate (1 for AUD, else the day's rate) and the amount in AUD, half-even to cents."""
+    rate = Decimal(1) if row["currency"] == "AUD" else row["fx.rate_to_aud"]
+    amount_aud = None if rate is None else (row["amount"] * rate).quantize(
+        CENT, rounding=ROUND_HALF_EVEN)
+    return {"rate_to_aud": rate, "amount_aud": amount_aud}
+
+
+def dimensions(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The customer's segment and the product's category; NULL when unknown."""
+    return {"customer_segment": row["customer.segment"], "category": row["product.category"]}
+
+
+sales_amounts = Derive(
+    name="sales_amounts", table="sales",
+    inputs=("sold_at", "quantity", "unit_price"),
+    outputs=cols("sold_on:date, amount:decimal:4"),
+    compute=amounts,
+)
+
+sales_fx = Derive(
+    name="sales_fx", table="sales",
+    inputs=("currency", "sold_on", "amount"),
+    lookups=(Lookup.of("fx", "fx_rates", {"currency": "currency", "sold_on": "day"},
+                       ["rate_to_aud"]),),
+    outputs=cols("rate_to_aud:decimal, amount_aud:decimal:2"),
+    compute=in_aud,
+)
+
+sales_dims = Derive(
+    name="sales_dims", table="sales",
+    inputs=("customer_id", "sku"),
+    lookups=(Lookup.of("customer", "customers", {"customer_id": "customer_id"}, ["segment"]),
+             Lookup.of("product", "products", {"sku": "sku"}, ["category"])),
+    outputs=cols("customer_segment, category"),
+    compute=dimensions,
+)
+
+# --- load: reports and data quality ----------------------------------------------------
+
+daily_sales = Aggregate(
+    name="daily_sales_groups", source="sales", target="daily_sales",
+    group_by=("sold_on", "region", "category"),
+    measures=(count("txns"), sum_of("quantity", "units"),
+              sum_of("amount_aud", "revenue_aud", "decimal:2", default=Decimal("0.00"))),
+)
+
+customer_summary = Aggregate(
+    name="customer_summary_groups", source="sales", target="customer_summary",
+    group_by=("customer_id",), not_null=("customer_id",),
+    measures=(max_of("customer_segment", "segment", "text"), count("txns"),
+              sum_of("amount_aud", "revenue_aud", "decimal:2", default=Decimal("0.00")),
+              min_of("sold_at", "first_sold_at", "timestamp"),
+              max_of("sold_at", "last_sold_at", "timestamp")),
+)
+
+
+def missing_fx_rate(row: Mapping[str, Any]) -> str | None:
+    if row["rate_to_aud"] is not None:
+        return None
+    return f"no {row['currency']} rate for {row['sold_on']}"
+
+
+def unknown_customer(row: Mapping[str, Any]) -> str | None:
+    if row["customer_id"] is None or row["customer"]:
+        return None
+    return f"customer {row['customer_id']} is not in customers"
+
+
+def unknown_sku(row: Mapping[str, Any]) -> str | None:
+    if row["sku"] is None or row["product"]:
+        return None
+    return f"sku {row['sku']} is not in products"
+
+
+sales_quality = Quality(
+    name="sales_quality", table="sales",
+    rules=(
+        Rule("missing_fx_rate", missing_fx_rate, ("rate_to_aud", "currency", "sold_on")),
+        Rule("unknown_customer", unknown_customer, ("customer_id",),
+             (Lookup.of("customer", "customers", {"customer_id": "customer_id"}),)),
+        Rule("unknown_sku", unknown_sku, ("sku",),
+             (Lookup.of("product", "products", {"sku": "sku"}),)),
+    ),
+)
+
+# --- validation ------------------------------------------------------------------------
+
+
+def _scalar(conn: Connection, query: sa.Select[Any]) -> Any:
+    return conn.execute(query).scalar()
+
+
+def revenue_adds_up(conn: Connection, ctx: Context) -> str | None:
+    """daily_sales holds every sale once: same revenue, same count."""
+    daily, sales = sa.table("daily_sales", sa.column("revenue_aud"), sa.column("txns")), \
+        sa.table("sales", sa.column("amount_aud"))
+    by_day = _scalar(conn, sa.select(sa.func.coalesce(exact_sum(daily.c.revenue_aud, 2), 0)))
+    by_row = _scalar(conn, sa.select(sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0)))
+    if Decimal(by_day) != Decimal(by_row):
+        return f"sum(daily_sales.revenue_aud) = {by_day} but sum(sales.amount_aud) = {by_row}"
+    txns = _scalar(conn, sa.select(sa.func.coalesce(sa.func.sum(daily.c.txns), 0)))
+    rows = _scalar(conn, sa.select(sa.func.count()).select_from(sales))
+    if int(txns) != int(rows):
+        return f"sum(daily_sales.txns) = {txns} but sales has {rows} rows"
+    return None
+
+
+def every_region_loaded(conn: Connection, ctx: Context) -> str | None:
+    """Each region file in the data directory has been loaded at least once."""
+    from loader import meta
+
+    loaded = set(conn.execute(sa.select(meta.sources.c.source).where(
+        meta.sources.c.processor == sales_files.name)).scalars())
+    present = {path.name for path in sales_files.files(Path(ctx.param("data_dir"))).values()}
+    missing = sorted(present - loaded)
+    return f"never loaded: {', '.join(missing)}" if missing else None
+
+
+def customers_add_up(conn: Connection, ctx: Context) -> str | None:
+    """customer_summary counts every sale that has a customer once."""
+    summary = sa.table("customer_summary", sa.column("txns"))
+    sales = sa.table("sales", sa.column("customer_id"))
+    txns = _scalar(conn, sa.select(sa.func.coalesce(sa.func.sum(summary.c.txns), 0)))
+    rows = _scalar(conn, sa.select(sa.func.count()).select_from(sales)
+                   .where(sales.c.customer_id.is_not(None)))
+    if int(txns) != int(rows):
+        return f"sum(customer_summary.txns) = {txns} but {rows} sales have a customer_id"
+    return None
+
+
+validation = Validate(
+    name="sales_validation",
+    checks=(
+        Check("revenue_adds_up", revenue_adds_up,
+              ("daily_sales.revenue_aud", "daily_sales.txns", "sales.amount_aud")),
+        Check("every_region_loaded", every_region_loaded, ("sales.region",)),
+        Check("customers_add_up", customers_add_up,
+              ("customer_summary.txns", "sales.customer_id")),
+    ),
+)
+
+# --- the flows -------------------------------------------------------------------------
+
+pipeline = chain(
+    group(step(sales_files), step(customers), step(products), step(fx_rates)),
+    step(sales_amounts),
+    step(sales_fx),
+    step(sales_dims),
+    group(step(daily_sales), step(customer_summary), step(sales_quality)),
+    step(validation),
+)
+
+nightly = Flow(pipeline, mode="full", params=("data_dir",),
+               description="Rebuild everything from every source, deletes included.")
+refresh = Flow(pipeline, mode="refresh", params=("data_dir",),
+               description="Consume only what changed since the last run.")

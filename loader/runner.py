@@ -10,6 +10,7 @@ run failed, so a run whose watcher died is not left "running" by a failure.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -18,8 +19,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from celery.result import AsyncResult
 
 from loader import flow as flows
 from loader import history, tasks
@@ -129,8 +128,10 @@ def run_flow(wh: Warehouse, flow: Flow, *, params: Mapping[str, str] | None = No
         try:
             if embedded():
                 embedded_worker(concurrency)
-            canvas.apply_async()
+            sent = canvas.apply_async()
             status, error = _watch(states, watcher, poll)
+            del sent
+            _unsubscribe_results()
         except LoaderError:
             raise
         except Exception as exc:
@@ -153,14 +154,32 @@ def _prepare(chosen: Sequence[Sequence[Processor]], payload: dict[str, Any],
     return states, canvas
 
 
+def _unsubscribe_results() -> None:
+    """Stop listening for this run's results now, while the backend can still answer.
+
+    Celery's Redis backend subscribes to every task it sends and unsubscribes
+    when the result handle is garbage collected, which otherwise happens at
+    interpreter exit and prints errors.
+    """
+    consumer = getattr(app.backend, "result_consumer", None)
+    subscribed = getattr(consumer, "subscribed_to", None)
+    pubsub = getattr(consumer, "_pubsub", None)
+    if not subscribed or pubsub is None:
+        return
+    keys = list(subscribed)
+    subscribed.clear()
+    pubsub.unsubscribe(*keys)
+    gc.collect()
+
+
 def _watch(states: list[TaskState], watcher: Watcher, poll: float) -> tuple[str, str | None]:
     """Poll the tasks' states until the run is over; returns status and error."""
     while True:
         for state in states:
             if state.state in FINISHED:
                 continue
-            result = AsyncResult(state.task_id, app=app)
-            state.state, state.info = result.state, result.info
+            meta = app.backend.get_task_meta(state.task_id)
+            state.state, state.info = meta["status"], meta.get("result")
         watcher(states)
         failed = [s for s in states if s.state in ("FAILURE", "REVOKED")]
         running = [s for s in states if s.state in ACTIVE]

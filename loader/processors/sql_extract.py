@@ -82,7 +82,7 @@ class SqlExtract:
                 high = mark.at
                 with bulk.stage(conn, f"{self.name}_rows", types) as staged:
                     with bulk.writer(conn, staged) as put:
-                        for row in self._read(engine, url, since):
+                        for row in self._unique(self._read(engine, url, since)):
                             put([row[n] for n in names])
                             result.rows_read += 1
                             moved = row.get(self.cursor)
@@ -101,6 +101,24 @@ class SqlExtract:
         finally:
             engine.dispose()
         return result
+
+    def _unique(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """One row per key: a key transform (upper-casing) can merge source keys.
+
+        The row with the latest cursor value wins; only then are rows held in
+        memory, since without a key transform the source key is unique already.
+        """
+        if not any(c.name in self.transforms for c in self.key):
+            yield from rows
+            return
+        kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+        floor = datetime.min
+        for row in rows:
+            key = tuple(row[c.name] for c in self.key)
+            old = kept.get(key)
+            if old is None or (row.get(self.cursor) or floor) >= (old.get(self.cursor) or floor):
+                kept[key] = row
+        yield from kept.values()
 
     def _read(self, engine: sa.Engine, url: str,
               since: datetime | None) -> Iterator[dict[str, Any]]:

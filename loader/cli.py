@@ -308,3 +308,43 @@ def worker(celery_args: Sequence[str]) -> None:
     from loader.celery_app import app
 
     app.worker_main(["worker", "--loglevel", "INFO", *celery_args])
+
+
+@main.command()
+@click.option("--dir", "directory", default="./demo", show_default=True, metavar="DIR",
+              help="The demo directory (data and warehouse); a rerun starts it afresh.")
+@click.option("--rows", type=click.IntRange(min=200), default=20_000, show_default=True,
+              help="How many sales rows to generate.")
+@click.option("--warehouse", "warehouse", metavar="URL", default=None,
+              help="Warehouse URL (default: sqlite:///DIR/warehouse.db).")
+def demo(directory: str, rows: int, warehouse: str | None) -> None:
+    """Generate sales data, run sales.nightly, change the sources, run sales.refresh,
+    and tell what the refresh did. Needs no services.
+
+    Example: loader demo --dir ./demo --rows 20000
+    """
+    from pathlib import Path
+
+    from loader import demo as demos
+
+    with console.status("starting the demo") as status:
+        outcome = demos.run_demo(Path(directory), rows, warehouse,
+                                 progress=lambda message: status.update(message))
+    for line in demos.story(outcome):
+        console.print(line, highlight=False)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("-o", "--output", "output", required=True, metavar="FILE.html",
+              help="Where to write the HTML page.")
+@warehouse_option
+def report(run_id: int, output: str, warehouse: str | None) -> None:
+    """Write one run as a self-contained HTML page: its task timeline and the cells it changed.
+
+    Example: loader report 2 -o run.html
+    """
+    from loader.report import write_report
+
+    path = write_report(run_id, output, warehouse)
+    console.print(f"wrote {path} (run {run_id})", highlight=False)

@@ -16,8 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loader import bulk
 from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, ROW_HASH, TrackedTable, stamp
 
+ANALYZE_AFTER = 20_000
 _SENTINELS: dict[str, Any] = {
     "text": "\x01", "integer": -(2**62), "date": date(1, 1, 1),
     "timestamp": datetime(1, 1, 1), "boolean": False,
@@ -69,6 +71,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     """
     t = table.table
     s = stage
+    bulk.analyze(conn, s)
     dead = t.c[DELETED_AT].is_not(None)
     differs = {c: t.c[c].is_distinct_from(s.c[c]) for c in columns}
     counts = MergeCounts()
@@ -117,6 +120,8 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
         for c in columns:
             counts.changes[c] = counts.changes.get(c, 0) + counts.inserted
     counts.changes = {c: n for c, n in counts.changes.items() if n}
+    if counts.inserted + counts.updated >= ANALYZE_AFTER:
+        bulk.analyze(conn, t)
     return counts
 
 

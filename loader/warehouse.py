@@ -46,7 +46,9 @@ def create_engine(url: str) -> Engine:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         options = " ".join(filter(None, [str(parsed.query.get("options", "")),
-                                         "-c timezone=UTC"]))
+                                         "-c timezone=UTC",
+                                         # Streamed reads want the whole result, not a fast start.
+                                         "-c cursor_tuple_fraction=1"]))
         parsed = parsed.difference_update_query(["options"])
         return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"options": options})
     if parsed.get_backend_name() == "sqlite":

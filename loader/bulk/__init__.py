@@ -32,11 +32,9 @@ def stage(conn: Connection, hint: str,
         prefixes=["TEMPORARY"], postgresql_on_commit="DROP",
     )
     table.create(conn)
-    try:
-        yield table
-    finally:
-        if not conn.invalidated and conn.in_transaction():
-            table.drop(conn, checkfirst=True)
+    yield table
+    # On error the transaction rolls back, and the table with it.
+    table.drop(conn)
 
 
 @contextmanager
@@ -48,6 +46,18 @@ def writer(conn: Connection, table: sa.Table) -> Iterator[Put]:
         raise NotImplementedError(f"no bulk writer for {conn.dialect.name}") from None
     with factory(conn, table) as put:
         yield put
+
+
+def analyze(conn: Connection, table: sa.Table | str) -> None:
+    """Refresh the planner's statistics of ``table`` (PostgreSQL only).
+
+    Temporary tables are never analysed automatically, and a tracked table
+    that just received many rows has stale statistics until autovacuum
+    catches up: without this the planner picks plans made for empty tables.
+    """
+    if conn.dialect.name == "postgresql":
+        name = table if isinstance(table, str) else table.name
+        conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(name)}")
 
 
 def load(conn: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> int:

@@ -127,27 +127,17 @@ class RowSet:
     def pages(self, keys: sa.Table | None, page: int = PAGE) -> Iterator[list[dict[str, Any]]]:
         """The live rows (all, or those whose key is in ``keys``), a page at a time.
 
-        Keyset pagination on the primary key: each page is an index range
-        scan, memory stays flat, and writes may happen between pages.
+        One streaming query (a server-side cursor on PostgreSQL): memory stays
+        flat, and the caller may stage writes between pages.
         """
-        t = self.table.table
         query, names = self._row_query(keys)
-        key_cols = [t.c[k] for k in self.table.key_names]
-        query = query.order_by(*key_cols).limit(page)
-        last: tuple[Any, ...] | None = None
-        width = len(key_cols)
-        while True:
-            statement = query
-            if last is not None:
-                statement = query.where(sa.tuple_(*key_cols) > sa.tuple_(
-                    *(sa.literal(v, c.type) for v, c in zip(last, key_cols, strict=True))))
-            rows = self.conn.execute(statement).all()
-            if not rows:
-                return
-            yield [dict(zip(names, row, strict=True)) for row in rows]
-            if len(rows) < page:
-                return
-            last = tuple(rows[-1][:width])
+        result = self.conn.execute(query, execution_options={"stream_results": True,
+                                                             "yield_per": page})
+        try:
+            for part in result.partitions(page):
+                yield [dict(zip(names, row, strict=True)) for row in part]
+        finally:
+            result.close()
 
     def deleted_since(self, since: datetime) -> sa.Select[Any]:
         """Keys of rows soft-deleted after ``since``."""

@@ -142,7 +142,7 @@ class SqlExtract:
         convert = [(c.name, _converter(c.type), self.transforms.get(c.name))
                    for c in (*self.key, *self.columns)]
         with engine.connect() as source:
-            result = source.execution_options(stream_results=True).execute(query)
+            result = source.execute(query, execution_options={"stream_results": True})
             for batch in result.partitions(BATCH):
                 for raw in batch:
                     row = {}

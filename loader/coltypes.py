@@ -98,6 +98,21 @@ def places_of(name: str) -> int | None:
     return int(match.group(1)) if match and match.group(1) else None
 
 
+INT64 = 2**63
+
+
+def check_range(name: str, value: Any) -> Any:
+    """``value`` if the warehouse column type can hold it; ValueError otherwise."""
+    if name == "integer" and isinstance(value, int) and not -INT64 <= value < INT64:
+        raise ValueError(f"{value} does not fit a 64-bit integer")
+    if name.startswith("decimal") and isinstance(value, Decimal) and value.is_finite():
+        places = places_of(name)
+        digits = value.adjusted() + 1
+        if places is not None and digits > 28 - places:
+            raise ValueError(f"{value} has more than {28 - places} digits before the point")
+    return value
+
+
 def python_value(name: str, value: Any) -> Any:
     """Normalise a value read from SQL to the Python type of a type name."""
     if value is None:

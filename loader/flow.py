@@ -54,7 +54,8 @@ def register(processor: Processor) -> Task:
         def report(meta: dict[str, Any]) -> None:
             self.update_state(state="PROGRESS", meta=meta)
 
-        return execute(_processors[self.name], run, celery_id=self.request.id, report=report)
+        return execute(_processors[self.name], run, celery_id=self.request.id,
+                       worker=self.request.hostname, report=report)
 
     body.__name__ = body.__qualname__ = processor.name.replace(".", "_")
     body.__doc__ = f"Run processor {processor.name!r}."

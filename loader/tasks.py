@@ -8,6 +8,7 @@ collects is deterministic).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loader import history, meta
+from loader import meta
 from loader.errors import ConfigError
 from loader.execute import describe, run_task
 from loader.history import RunInfo
@@ -69,8 +70,6 @@ def already_done(wh: Warehouse, run_id: int, task: str) -> dict[str, Any] | None
                                               t.c.status == "succeeded")).mappings().first()
     if row is None:
         return None
-    import json
-
     return {"task": task, "rows_read": row["rows_read"], "inserted": row["inserted"],
             "updated": row["updated"], "deleted": row["deleted"],
             "rejected": row["rejected"], "changes": json.loads(row["changes"]),
@@ -78,7 +77,7 @@ def already_done(wh: Warehouse, run_id: int, task: str) -> dict[str, Any] | None
 
 
 def execute(processor: Processor, run: dict[str, Any], *, celery_id: str | None,
-            report: Any = None) -> dict[str, Any]:
+            worker: str | None = None, report: Any = None) -> dict[str, Any]:
     """Run ``processor`` for ``run`` once; a redelivered task returns the first counts."""
     wh = warehouse_for(run["warehouse"])
     done = already_done(wh, run["run_id"], processor.name)
@@ -93,7 +92,7 @@ def execute(processor: Processor, run: dict[str, Any], *, celery_id: str | None,
             report({"phase": phase, "done": count, "total": total})
 
     result = run_task(wh, run_info(run), processor, celery_id=celery_id,
-                      worker=socket.gethostname(), progress=progress)
+                      worker=worker or socket.gethostname(), progress=progress)
     return summary(processor.name, result)
 
 
@@ -105,6 +104,3 @@ def mark_run_failed(masked: str, run_id: int, task: str, exc: BaseException) -> 
         conn.execute(r.update().where(r.c.run_id == run_id, r.c.status == "running").values(
             status="failed", error=mask_url(f"task {task!r} failed: {describe(exc)}"),
             ended_at=db_now(conn)))
-
-
-__all__ = ["execute", "history", "mark_run_failed", "use_warehouse", "warehouse_for"]

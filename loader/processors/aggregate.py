@@ -176,8 +176,11 @@ class Aggregate:
             counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(out)).scalar_one())
-        conn.execute(members.delete())
-        self._insert_members(conn, source, members, None)
+        s = source.table
+        result.rows_read = conn.execute(sa.select(sa.func.count()).where(
+            s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+        ).scalar_one()
+        self._sync_members(conn, source, members)
 
     def _rebuild_touched(self, conn: Connection, ctx: Context, source: TrackedTable,
                          target: TrackedTable, members: sa.Table, since: datetime,
@@ -226,6 +229,22 @@ class Aggregate:
             conn.execute(members.delete().where(
                 sa.exists().where(key_match(source, members, changed))))
             self._insert_members(conn, source, members, changed)
+
+    def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> None:
+        """Make the membership table match the source, writing only the differences."""
+        s = source.table
+        counted = sa.and_(s.c[DELETED_AT].is_(None),
+                          *(s.c[c].is_not(None) for c in self.not_null))
+        same_row = key_match(source, members, s)
+        conn.execute(members.delete().where(~sa.exists().where(same_row, counted)))
+        conn.execute(sa.update(members).where(same_row, counted, sa.or_(*(
+            members.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
+            .values({f"g_{c}": s.c[c] for c in self.group_by}))
+        query = sa.select(*(s.c[k] for k in source.key_names),
+                          *(s.c[c] for c in self.group_by)).where(
+            counted, ~sa.exists().where(key_match(source, members, s)))
+        conn.execute(sa.insert(members).from_select(
+            [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
 
     def _insert_members(self, conn: Connection, source: TrackedTable, members: sa.Table,
                         changed: sa.Table | None) -> None:

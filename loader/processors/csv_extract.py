@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk, meta
-from loader.coltypes import sql_type
+from loader.coltypes import check_range, sql_type
 from loader.errors import ConfigError, SourceError
 from loader.merge import MergeCounts, delete_keys, upsert
 from loader.processors.base import Context, Result
@@ -242,7 +242,8 @@ class _FileLoad:
         }
         position = {name: i for i, name in enumerate(self.header)}
         key_at = [position[k] for k in own_key]
-        parsers = [(position[f.name], f.parse, f.nullable, f.reject_reason) for f in x.fields]
+        parsers = [(position[f.name], _ranged(f), f.nullable, f.reject_reason)
+                   for f in x.fields]
         extra_at = [position.get(name) for name in self.extras]
         width = len(self.header)
         data = [c.name for c in self.table.columns if c.name in
@@ -332,6 +333,18 @@ def _parse(fields: list[str],
             except ValueError:
                 return reason
     return values
+
+
+def _ranged(field: Field) -> Parse | None:
+    """The field's parser, also rejecting values its column type cannot hold."""
+    parse = field.parse
+    if parse is None or not (field.type == "integer" or field.type.startswith("decimal")):
+        return parse
+
+    def checked(text: str) -> Any:
+        return check_range(field.type, parse(text))
+
+    return checked
 
 
 def _file_digest(path: Path) -> str:

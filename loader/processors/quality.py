@@ -146,5 +146,5 @@ class Quality:
                                                        e.c.rule.in_(rules))
             .group_by(e.c.rule)).all()
         result.details["open"] = {rule: int(n) for rule, n in opened}
-        result.count_changes("exceptions", {"opened": result.inserted,
-                                            "resolved": result.deleted})
+        result.details["opened"] = result.inserted
+        result.details["resolved"] = result.deleted

@@ -300,7 +300,7 @@ def changes(table: str, since: str, columns: Sequence[str], limit: int | None,
 def worker(celery_args: Sequence[str]) -> None:
     """Start a Celery worker for the loader's tasks (any celery worker options pass through).
 
-    Example: LOADER_BROKER_URL=redis://host:6379/0 loader worker --concurrency 2
+    Example: loader worker --concurrency 2 -n etl1@%h  (with LOADER_BROKER_URL set)
     """
     if not os.environ.get("LOADER_BROKER_URL"):
         raise ConfigError("set LOADER_BROKER_URL (e.g. redis://localhost:6379/0) before "

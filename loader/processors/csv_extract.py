@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,19 @@ from loader.coltypes import check_range, sql_type
 from loader.errors import ConfigError, SourceError
 from loader.merge import MergeCounts, delete_keys, upsert
 from loader.processors.base import Context, Result
-from loader.sources.csvfile import CsvFormatError, Record, iter_records, record_hash
+from loader.sources.csvfile import CsvFormatError, Record, iter_records, record_hasher
 from loader.sources.csvfile import validate_identifier as _validate
-from loader.tracking import DELETED_AT, ROW_HASH, Col, TrackedTable, ensure_table, load_table
+from loader.tracking import (
+    CHANGED_AT,
+    DELETED_AT,
+    LIVE_SINCE,
+    ROW_HASH,
+    Col,
+    TrackedTable,
+    ensure_table,
+    load_table,
+    stamp,
+)
 
 Parse = Callable[[str], Any]
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -229,90 +239,112 @@ class _FileLoad:
     header: list[str]
     extras: list[str]
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
+    _seen: set[Any] = field(default_factory=set)
 
-    def load(self, conn: Connection, ctx: Context, records: Any,
+    def load(self, conn: Connection, ctx: Context, records: Iterator[Record],
              salt: bytes) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
+        """Load the records; returns the merge counts, the rejects and the records read.
+
+        The first load of a partition copies straight into the tracked table;
+        later loads stage only new and changed records and merge them.
+        """
         x = self.extract
         t = self.table.table
         own_key = [k for k in x.key if k != x.partition]
-        previous: dict[tuple[str, ...], int] = {
-            tuple(row[:-1]): row[-1] for row in conn.execute(
+        in_partition = t.c[x.partition] == self.value
+        previous: dict[Any, int] = {
+            (row[0] if len(own_key) == 1 else tuple(row[:-1])): row[-1]
+            for row in conn.execute(
                 sa.select(*(t.c[k] for k in own_key), t.c[ROW_HASH])
-                .where(t.c[x.partition] == self.value, t.c[DELETED_AT].is_(None)))
+                .where(in_partition, t.c[DELETED_AT].is_(None)))
         }
-        position = {name: i for i, name in enumerate(self.header)}
-        key_at = [position[k] for k in own_key]
-        parsers = [(position[f.name], _ranged(f), f.nullable, f.reject_reason)
-                   for f in x.fields]
-        extra_at = [position.get(name) for name in self.extras]
-        width = len(self.header)
-        data = [c.name for c in self.table.columns if c.name in
-                {f.name for f in x.fields} | set(self.extras)]
-        order = [*x.key, *data]
-        field_pos = {f.name: i for i, f in enumerate(x.fields)}
-        stage_cols = [(c, sql_type(self.table.col(c).type)) for c in order]
-        stage_cols.append((ROW_HASH, sa.BigInteger()))
-        seen: set[tuple[str, ...]] = set()
-        read = 0
-        with bulk.stage(conn, f"{x.name}_rows", stage_cols) as staged:
+        direct = not previous and conn.execute(
+            sa.select(sa.func.count()).where(in_partition)).scalar_one() == 0
+        names = [x.partition, *(f.name for f in x.fields), *self.extras]
+        data = [n for n in names if n not in x.key]
+        columns = [(n, sql_type(self.table.col(n).type)) for n in names]
+        columns.append((ROW_HASH, sa.BigInteger()))
+        if direct:
+            target = _direct_target(self.table, names)
+            suffix = [ctx.run_ts] * (len(data) + 2)
+            with bulk.writer(conn, target) as put:
+                read, loaded = self._each_row(ctx, records, salt, previous, put, suffix)
+            counts = MergeCounts(inserted=loaded, changes={c: loaded for c in data} if loaded
+                                 else {})
+            bulk.analyze(conn, t)
+            return counts, self.rejects, read
+        with bulk.stage(conn, f"{x.name}_rows", columns) as staged:
             with bulk.writer(conn, staged) as put:
-                for record in records:
-                    read += 1
-                    fields = record.fields
-                    if len(fields) != width:
-                        self._reject(record, "field_count")
-                        continue
-                    key = tuple(fields[i] for i in key_at)
-                    digest = record_hash(record.raw, salt)
-                    if previous.get(key) == digest and key not in seen:
-                        seen.add(key)
-                        continue
-                    if any(part == "" for part in key):
-                        self._reject(record, "empty_key")
-                        continue
-                    values = _parse(fields, parsers)
-                    if isinstance(values, str):
-                        self._reject(record, values)
-                        continue
-                    if key in seen:
-                        self._reject(record, "duplicate_key")
-                        continue
-                    seen.add(key)
-                    extra_values = [None if i is None or fields[i] == "" else fields[i]
-                                    for i in extra_at]
-                    row = self._row(order, field_pos, values, extra_values, x.partition)
-                    row.append(digest)
-                    put(row)
-                    if read % 100_000 == 0:
-                        ctx.progress(f"{x.name}:{self.path.name}", read, None)
+                read, _ = self._each_row(ctx, records, salt, previous, put, [])
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
-        gone = [k for k in previous if k not in seen]
+        gone = [k for k in previous if k not in self._seen]
         if gone:
             key_types = [(k, sql_type(self.table.col(k).type)) for k in x.key]
             with bulk.stage(conn, f"{x.name}_gone", key_types) as vanished:
-                bulk.load(conn, vanished, (self._full_key(k, x) for k in gone))
+                bulk.load(conn, vanished, (self._full_key(k, own_key) for k in gone))
                 counts.deleted = delete_keys(conn, self.table, vanished, ctx.run_ts)
         return counts, self.rejects, read
 
-    def _row(self, order: Sequence[str], field_pos: dict[str, int], values: list[Any],
-             extra_values: list[Any], partition: str) -> list[Any]:
-        extras = dict(zip(self.extras, extra_values, strict=True))
-        row = []
-        for name in order:
-            if name == partition:
-                row.append(self.value)
-            elif name in field_pos:
-                row.append(values[field_pos[name]])
-            else:
-                row.append(extras.get(name))
-        return row
+    def _each_row(self, ctx: Context, records: Iterator[Record], salt: bytes,
+                  previous: dict[Any, int], put: Callable[[Sequence[Any]], None],
+                  suffix: list[Any]) -> tuple[int, int]:
+        """Parse and write every new or changed record; returns records read and written."""
+        x = self.extract
+        position = {name: i for i, name in enumerate(self.header)}
+        own_key = [position[k] for k in x.key if k != x.partition]
+        single = own_key[0] if len(own_key) == 1 else None
+        parsers = [(position[f.name], _ranged(f), f.nullable, f.reject_reason)
+                   for f in x.fields]
+        extra_at = [position[name] if name in position else None for name in self.extras]
+        width = len(self.header)
+        hash_record = record_hasher(salt)
+        seen = self._seen
+        value = self.value
+        read = written = 0
+        for record in records:
+            read += 1
+            fields = record.fields
+            if len(fields) != width:
+                self._reject(record, "field_count")
+                continue
+            key = fields[single] if single is not None else tuple(fields[i] for i in own_key)
+            digest = hash_record(record.raw)
+            if previous and previous.get(key) == digest and key not in seen:
+                seen.add(key)
+                continue
+            if key == "" or (single is None and "" in key):
+                self._reject(record, "empty_key")
+                continue
+            values = _parse(fields, parsers)
+            if isinstance(values, str):
+                self._reject(record, values)
+                continue
+            if key in seen:
+                self._reject(record, "duplicate_key")
+                continue
+            seen.add(key)
+            extras = [None if i is None or fields[i] == "" else fields[i] for i in extra_at]
+            put([value, *values, *extras, digest, *suffix])
+            written += 1
+            if read % 100_000 == 0:
+                ctx.progress(f"{x.name}:{self.path.name}", read, None)
+        return read, written
 
-    def _full_key(self, key: tuple[str, ...], x: CsvSnapshot) -> list[Any]:
-        own = iter(key)
-        return [self.value if k == x.partition else next(own) for k in x.key]
+    def _full_key(self, key: Any, own_key: list[str]) -> list[Any]:
+        own = iter((key,) if len(own_key) == 1 else key)
+        return [self.value if k == self.extract.partition else next(own)
+                for k in self.extract.key]
 
     def _reject(self, record: Record, reason: str) -> None:
         self.rejects.append((record.line, reason, record.raw))
+
+
+def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:
+    """The tracked table's columns in the order the first-load rows are written."""
+    t = table.table
+    data = [n for n in names if n not in table.key_names]
+    order = [*names, ROW_HASH, *(stamp(n) for n in data), CHANGED_AT, LIVE_SINCE]
+    return sa.Table(t.name, sa.MetaData(), *(sa.Column(n, t.c[n].type) for n in order))
 
 
 def _parse(fields: list[str],

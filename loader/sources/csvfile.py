@@ -169,6 +169,18 @@ def record_hash(raw: str, salt: bytes) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def record_hasher(salt: bytes) -> Callable[[str], int]:
+    """``record_hash`` with ``salt`` bound, preparing the keyed hash once."""
+    prepared = hashlib.blake2b(digest_size=8, key=salt)
+
+    def hash_record(raw: str) -> int:
+        hasher = prepared.copy()
+        hasher.update(raw.encode("utf-8"))
+        return int.from_bytes(hasher.digest(), "big", signed=True)
+
+    return hash_record
+
+
 # The forms that datetime.fromisoformat reads exactly as isoparse does, with the zone (if any)
 # in group 1. Everything else, including hour 24, offset minutes of 60 or more and lower-case
 # separators, goes to isoparse.

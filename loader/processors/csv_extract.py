@@ -295,7 +295,11 @@ class _FileLoad:
         single = own_key[0] if len(own_key) == 1 else None
         parsers = [(position[f.name], _ranged(f), f.nullable, f.reject_reason)
                    for f in x.fields]
-        extra_at = [position[name] if name in position else None for name in self.extras]
+        folded = {name.lower(): i for i, name in enumerate(self.header)}
+        extra_at = [folded.get(name.lower()) for name in self.extras]
+        field_at = {f.name: i for i, f in enumerate(x.fields)}
+        key_values = [field_at[k] for k in x.key if k != x.partition]
+        typed = any(x.fields[i].type != "text" for i in key_values)
         width = len(self.header)
         hash_record = record_hasher(salt)
         seen = self._seen
@@ -309,7 +313,7 @@ class _FileLoad:
                 continue
             key = fields[single] if single is not None else tuple(fields[i] for i in own_key)
             digest = hash_record(record.raw)
-            if previous and previous.get(key) == digest and key not in seen:
+            if previous and not typed and previous.get(key) == digest and key not in seen:
                 seen.add(key)
                 continue
             if key == "" or (single is None and "" in key):
@@ -319,6 +323,13 @@ class _FileLoad:
             if isinstance(values, str):
                 self._reject(record, values)
                 continue
+            if typed:
+                # A typed key is compared by value: "1" and "01" are the same integer.
+                key = values[key_values[0]] if single is not None else tuple(
+                    values[i] for i in key_values)
+                if previous.get(key) == digest and key not in seen:
+                    seen.add(key)
+                    continue
             if key in seen:
                 self._reject(record, "duplicate_key")
                 continue

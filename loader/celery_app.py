@@ -102,7 +102,7 @@ def configure(**overrides: Any) -> Celery:
     return app
 
 
-@app.task(name="loader.run_failed")
+@app.task(name="loader.run_failed")  # type: ignore[untyped-decorator]  # Celery is untyped
 def run_failed(request: Any, exc: BaseException, traceback: str, run_id: int,
                warehouse: str) -> None:
     """Error callback: mark the run failed even if no one is watching it."""
@@ -111,7 +111,7 @@ def run_failed(request: Any, exc: BaseException, traceback: str, run_id: int,
     mark_run_failed(warehouse, run_id, getattr(request, "task", "?"), exc)
 
 
-@app.on_after_configure.connect
+@app.on_after_configure.connect  # type: ignore[untyped-decorator]  # Celery is untyped
 def _import_flows(sender: Celery, **_: Any) -> None:
     """Workers register every flow's tasks at start, so any task can be received."""
     from loader.flow import import_flows

@@ -126,7 +126,7 @@ def python_value(name: str, value: Any) -> Any:
     return value
 
 
-class exact_sum(GenericFunction[Decimal]):  # noqa: N801 - SQL function names are lower case
+class exact_sum(GenericFunction[Decimal]):
     """``SUM`` of a decimal column that is exact on every dialect.
 
     On SQLite, where decimals are stored as REAL, the values are scaled to

@@ -32,7 +32,8 @@ def run_task(wh: Warehouse, run: RunInfo, processor: Processor, *,
              progress: Progress = _no_progress) -> Result:
     """Run one processor within a run and record it in the history."""
     task_run = history.start_task(wh, run.run_id, processor.name, celery_id, worker)
-    ctx = Context(wh, run.run_id, run.run_ts, run.mode, run.params, progress)  # type: ignore[arg-type]
+    mode: Mode = "full" if run.mode == "full" else "refresh"
+    ctx = Context(wh, run.run_id, run.run_ts, mode, run.params, progress)
     started = time.perf_counter()
     try:
         result = processor.run(ctx)

@@ -155,7 +155,7 @@ def problems(flow: Flow) -> list[str]:
     flow_stages = flow.stages
     found = []
     provided: set[str] = set(flow.sources)
-    for index, stage in enumerate(flow_stages):
+    for stage in flow_stages:
         alongside = {p: proc.name for proc in stage for p in proc.provides}
         for proc in stage:
             for read in proc.reads:

@@ -48,7 +48,8 @@ def key_match(table: TrackedTable, a: sa.Table | sa.Subquery,
     """``a``'s key equals ``b``'s; NULL-safe (and still hash-joinable) for nullable keys."""
     terms = []
     for column in table.key:
-        left, right = a.c[column.name], b.c[column.name]
+        left: sa.ColumnElement[Any] = a.c[column.name]
+        right: sa.ColumnElement[Any] = b.c[column.name]
         if table.nullable_key:
             sentinel = _SENTINELS.get(column.type, -(10**30))
             left = sa.func.coalesce(left, sa.literal(sentinel, left.type))

@@ -24,7 +24,9 @@ def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any
     sql = f"INSERT INTO {preparer.quote(table.name)} ({columns}) VALUES ({marks})"
     processors = [c.type._cached_bind_processor(conn.dialect) for c in table.columns]
     converters = [(i, p) for i, p in enumerate(processors) if p is not None]
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver = conn.connection.driver_connection
+    assert driver is not None, "a pooled connection always has its driver connection"
+    cursor = driver.cursor()
     batch: list[Sequence[Any]] = []
 
     def put(row: Sequence[Any]) -> None:

@@ -74,7 +74,7 @@ class RowSet:
         return cls(conn, main, tuple(columns), tuple(bound))
 
     def _join(self, t: sa.Table, lookup: Lookup, partner: TrackedTable,
-              alias: sa.Alias) -> sa.ColumnElement[bool]:
+              alias: sa.FromClause) -> sa.ColumnElement[bool]:
         return sa.and_(*(t.c[local] == alias.c[remote] for local, remote in lookup.on))
 
     def changed(self, since: datetime, inputs: Sequence[str]) -> sa.Select[Any]:

@@ -144,7 +144,7 @@ class Aggregate:
         group_cols = [s.c[c] for c in self.group_by]
         measures: list[Any] = []
         for m in self.measures:
-            if m.function == "count":
+            if m.column is None:
                 value: Any = sa.func.count()
             elif m.function == "sum" and m.type.startswith("decimal"):
                 value = exact_sum(s.c[m.column], places_of(m.type) or 0)

@@ -126,9 +126,10 @@ class CsvSnapshot:
         directory = Path(ctx.param(self.directory_param))
         files = self.files(directory)
         with ctx.warehouse.begin() as conn:
-            loaded = dict(conn.execute(
-                sa.select(meta.sources.c.partition, meta.sources.c.source)
-                .where(meta.sources.c.processor == self.name)).all())
+            loaded: dict[str, str] = {
+                row.partition: row.source for row in conn.execute(
+                    sa.select(meta.sources.c.partition, meta.sources.c.source)
+                    .where(meta.sources.c.processor == self.name))}
         missing = sorted(set(loaded) - set(files))
         if missing:
             names = ", ".join(str(loaded[m]) for m in missing)

@@ -94,8 +94,8 @@ class Quality:
                                                      [("row_key", sa.Text())]))
             keys = None
             if since is not None:
-                keys = stack.enter_context(bulk.stage(
-                    conn, f"{self.name}_keys", [(k.name, sql_type(k.type)) for k in rows.table.key]))
+                key_types = [(k.name, sql_type(k.type)) for k in rows.table.key]
+                keys = stack.enter_context(bulk.stage(conn, f"{self.name}_keys", key_types))
                 conn.execute(sa.insert(keys).from_select(list(key_names),
                                                          rows.changed(since, self.inputs)))
                 gone = conn.execute(rows.deleted_since(since)).all()

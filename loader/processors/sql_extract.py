@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,8 @@ class SqlExtract:
                 full = ctx.full or not mark.applies(self.version)
                 since = None if full or mark.at is None else mark.at - self.lookback
                 result.watermark_before = {"source": stamp_text(mark.at)}
-                result.details["read"] = "all rows" if since is None else f"{self.cursor} >= {since}"
+                result.details["read"] = ("all rows" if since is None
+                                          else f"{self.cursor} >= {since}")
                 names = [c.name for c in (*self.key, *self.columns)]
                 types = [(c.name, sql_type(c.type)) for c in (*self.key, *self.columns)]
                 high = mark.at
@@ -190,7 +191,7 @@ def _converter(type_name: str) -> Callable[[Any], Any]:
 def _timestamp(value: Any) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            return value.astimezone(timezone.utc).replace(tzinfo=None)
+            return value.astimezone(UTC).replace(tzinfo=None)
         return value
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)

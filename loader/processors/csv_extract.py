@@ -26,7 +26,13 @@ from loader.coltypes import check_range, sql_type
 from loader.errors import ConfigError, SourceError
 from loader.merge import MergeCounts, delete_keys, upsert
 from loader.processors.base import Context, Result
-from loader.sources.csvfile import CsvFormatError, Record, iter_records, record_hasher
+from loader.sources.csvfile import (
+    CsvFormatError,
+    Record,
+    iter_raw,
+    record_hasher,
+    split_fields,
+)
 from loader.sources.csvfile import validate_identifier as _validate
 from loader.tracking import (
     CHANGED_AT,
@@ -156,11 +162,14 @@ class CsvSnapshot:
         if not ctx.full and previous == content:
             result.details.setdefault("unchanged", []).append(path.name)
             return
-        records = iter_records(path)
-        header = next(records, None)
+        records = iter_raw(path)
+        first = next(records, None)
+        header = None if first is None else Record(first[0], first[1], split_fields(first[1]))
         if header is None:
             raise SourceError(path.name, "the file is empty: it has no header row", line=1)
         columns, extras = self._columns(conn, path, header)
+        # Declared columns first, so that extras are always recorded as added columns.
+        ensure_table(conn, self.definition(), run_id=ctx.run_id, now=ctx.run_ts)
         table = ensure_table(
             conn, self.definition().with_columns([Col(c, "text") for c in extras]),
             run_id=ctx.run_id, now=ctx.run_ts,
@@ -242,7 +251,7 @@ class _FileLoad:
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     _seen: set[Any] = field(default_factory=set)
 
-    def load(self, conn: Connection, ctx: Context, records: Iterator[Record],
+    def load(self, conn: Connection, ctx: Context, records: Iterator[tuple[int, str]],
              salt: bytes) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
         """Load the records; returns the merge counts, the rejects and the records read.
 
@@ -253,8 +262,8 @@ class _FileLoad:
         t = self.table.table
         own_key = [k for k in x.key if k != x.partition]
         in_partition = t.c[x.partition] == self.value
-        previous: dict[Any, int] = {
-            (row[0] if len(own_key) == 1 else tuple(row[:-1])): row[-1]
+        previous: dict[int, Any] = {
+            row[-1]: (row[0] if len(own_key) == 1 else tuple(row[:-1]))
             for row in conn.execute(
                 sa.select(*(t.c[k] for k in own_key), t.c[ROW_HASH])
                 .where(in_partition, t.c[DELETED_AT].is_(None)))
@@ -278,7 +287,7 @@ class _FileLoad:
             with bulk.writer(conn, staged) as put:
                 read, _ = self._each_row(ctx, records, salt, previous, put, [])
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
-        gone = [k for k in previous if k not in self._seen]
+        gone = [k for k in previous.values() if k not in self._seen]
         if gone:
             key_types = [(k, sql_type(self.table.col(k).type)) for k in x.key]
             with bulk.stage(conn, f"{x.name}_gone", key_types) as vanished:
@@ -286,53 +295,53 @@ class _FileLoad:
                 counts.deleted = delete_keys(conn, self.table, vanished, ctx.run_ts)
         return counts, self.rejects, read
 
-    def _each_row(self, ctx: Context, records: Iterator[Record], salt: bytes,
-                  previous: dict[Any, int], put: Callable[[Sequence[Any]], None],
+    def _each_row(self, ctx: Context, records: Iterator[tuple[int, str]], salt: bytes,
+                  previous: dict[int, Any], put: Callable[[Sequence[Any]], None],
                   suffix: list[Any]) -> tuple[int, int]:
-        """Parse and write every new or changed record; returns records read and written."""
+        """Parse and write every new or changed record; returns records read and written.
+
+        A record whose hash was stored by the previous load is unchanged: it is
+        neither split nor parsed (each stored hash matches once, so a repeated
+        line is still a duplicate).
+        """
         x = self.extract
         position = {name: i for i, name in enumerate(self.header)}
         own_key = [position[k] for k in x.key if k != x.partition]
-        single = own_key[0] if len(own_key) == 1 else None
         parsers = [(position[f.name], _ranged(f), f.nullable, f.reject_reason)
                    for f in x.fields]
         folded = {name.lower(): i for i, name in enumerate(self.header)}
         extra_at = [folded.get(name.lower()) for name in self.extras]
         field_at = {f.name: i for i, f in enumerate(x.fields)}
         key_values = [field_at[k] for k in x.key if k != x.partition]
-        typed = any(x.fields[i].type != "text" for i in key_values)
+        single = key_values[0] if len(key_values) == 1 else None
         width = len(self.header)
         hash_record = record_hasher(salt)
         seen = self._seen
         value = self.value
+        missing = object()
         read = written = 0
-        for record in records:
+        for line, raw in records:
             read += 1
-            fields = record.fields
+            digest = hash_record(raw)
+            if previous:
+                unchanged = previous.pop(digest, missing)
+                if unchanged is not missing:
+                    seen.add(unchanged)
+                    continue
+            fields = split_fields(raw)
             if len(fields) != width:
-                self._reject(record, "field_count")
+                self._reject(line, raw, "field_count")
                 continue
-            key = fields[single] if single is not None else tuple(fields[i] for i in own_key)
-            digest = hash_record(record.raw)
-            if previous and not typed and previous.get(key) == digest and key not in seen:
-                seen.add(key)
-                continue
-            if key == "" or (single is None and "" in key):
-                self._reject(record, "empty_key")
+            if any(fields[i] == "" for i in own_key):
+                self._reject(line, raw, "empty_key")
                 continue
             values = _parse(fields, parsers)
             if isinstance(values, str):
-                self._reject(record, values)
+                self._reject(line, raw, values)
                 continue
-            if typed:
-                # A typed key is compared by value: "1" and "01" are the same integer.
-                key = values[key_values[0]] if single is not None else tuple(
-                    values[i] for i in key_values)
-                if previous.get(key) == digest and key not in seen:
-                    seen.add(key)
-                    continue
+            key = values[single] if single is not None else tuple(values[i] for i in key_values)
             if key in seen:
-                self._reject(record, "duplicate_key")
+                self._reject(line, raw, "duplicate_key")
                 continue
             seen.add(key)
             extras = [None if i is None or fields[i] == "" else fields[i] for i in extra_at]
@@ -347,8 +356,8 @@ class _FileLoad:
         return [self.value if k == self.extract.partition else next(own)
                 for k in self.extract.key]
 
-    def _reject(self, record: Record, reason: str) -> None:
-        self.rejects.append((record.line, reason, record.raw))
+    def _reject(self, line: int, raw: str, reason: str) -> None:
+        self.rejects.append((line, reason, raw))
 
 
 def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:

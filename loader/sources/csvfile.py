@@ -106,14 +106,13 @@ def _split_quoted(text: str) -> list[str]:
     return [field.strip() for field in row]
 
 
-def iter_records(path: Path) -> Iterator[Record]:
-    """Yield the records of a UTF-8 CSV file one at a time, skipping blank lines.
+def iter_raw(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield each record of a UTF-8 CSV file as (starting line, raw text), skipping blank lines.
 
     A record continues onto the next line while it holds an odd number of quotes; an
     unterminated quote at the end of the file yields the rest of the file as one record.
     Raises CsvFormatError naming the line when the file is not valid UTF-8.
     """
-    strip = str.strip
     with path.open("rb") as stream:
         if stream.read(len(_BOM)) != _BOM:
             stream.seek(0)
@@ -131,15 +130,14 @@ def iter_records(path: Path) -> Iterator[Record]:
                 if line.count('"') & 1:
                     text = _without_line_end("".join(pending))
                     pending = []
-                    yield Record(start, text, _split_quoted(text))
+                    yield start, text
                 continue
             if '"' in line:
                 if line.count('"') & 1:
                     pending = [line]
                     start = lineno
                     continue
-                text = _without_line_end(line)
-                yield Record(lineno, text, _split_quoted(text))
+                yield lineno, _without_line_end(line)
                 continue
             if line.endswith("\r\n"):
                 text = line[:-2]
@@ -149,10 +147,25 @@ def iter_records(path: Path) -> Iterator[Record]:
                 text = line
             if not text or text.isspace():
                 continue
-            yield Record(lineno, text, list(map(strip, text.split(","))))
+            yield lineno, text
         if pending:
-            text = _without_line_end("".join(pending))
-            yield Record(start, text, _split_quoted(text))
+            yield start, _without_line_end("".join(pending))
+
+
+def split_fields(text: str) -> list[str]:
+    """The stripped fields of one record's raw text."""
+    if '"' in text:
+        return _split_quoted(text)
+    return [field.strip() for field in text.split(",")]
+
+
+def iter_records(path: Path) -> Iterator[Record]:
+    """Yield the records of a UTF-8 CSV file one at a time, skipping blank lines.
+
+    See ``iter_raw`` for how records and lines are found.
+    """
+    for line, text in iter_raw(path):
+        yield Record(line, text, split_fields(text))
 
 
 def read_header(records: Iterator[Record]) -> Record | None:

@@ -276,7 +276,9 @@ class _FileLoad:
         columns.append((ROW_HASH, sa.BigInteger()))
         if direct:
             target = _direct_target(self.table, names)
-            suffix = [ctx.run_ts] * (len(data) + 2)
+            # The same stamp in every row: written as text, it is converted once per
+            # row by the database instead of once per value by the driver.
+            suffix = [ctx.run_ts.strftime("%Y-%m-%d %H:%M:%S.%f")] * (len(data) + 2)
             with bulk.writer(conn, target) as put:
                 read, loaded = self._each_row(ctx, records, salt, previous, put, suffix)
             counts = MergeCounts(inserted=loaded, changes={c: loaded for c in data} if loaded
@@ -364,8 +366,10 @@ def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:
     """The tracked table's columns in the order the first-load rows are written."""
     t = table.table
     data = [n for n in names if n not in table.key_names]
-    order = [*names, ROW_HASH, *(stamp(n) for n in data), CHANGED_AT, LIVE_SINCE]
-    return sa.Table(t.name, sa.MetaData(), *(sa.Column(n, t.c[n].type) for n in order))
+    stamps = [*(stamp(n) for n in data), CHANGED_AT, LIVE_SINCE]
+    return sa.Table(t.name, sa.MetaData(),
+                    *(sa.Column(n, t.c[n].type) for n in [*names, ROW_HASH]),
+                    *(sa.Column(n, sa.Text()) for n in stamps))
 
 
 def _parse(fields: list[str],

@@ -107,8 +107,7 @@ def check_range(name: str, value: Any) -> Any:
         raise ValueError(f"{value} does not fit a 64-bit integer")
     if name.startswith("decimal") and isinstance(value, Decimal) and value.is_finite():
         places = places_of(name)
-        digits = value.adjusted() + 1
-        if places is not None and digits > 28 - places:
+        if places is not None and value.adjusted() + 1 > 28 - places:
             raise ValueError(f"{value} has more than {28 - places} digits before the point")
     return value
 

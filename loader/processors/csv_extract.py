@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk, meta
-from loader.coltypes import check_range, sql_type
+from loader.coltypes import INT64, check_range, places_of, sql_type
 from loader.errors import ConfigError, SourceError
 from loader.merge import MergeCounts, delete_keys, upsert
 from loader.processors.base import Context, Result
@@ -395,13 +395,26 @@ def _parse(fields: list[str],
 def _ranged(field: Field) -> Parse | None:
     """The field's parser, also rejecting values its column type cannot hold."""
     parse = field.parse
-    if parse is None or not (field.type == "integer" or field.type.startswith("decimal")):
-        return parse
+    if parse is None:
+        return None
+    if field.type == "integer":
+        low, high = -INT64, INT64
 
-    def checked(text: str) -> Any:
-        return check_range(field.type, parse(text))
+        def checked_int(text: str) -> Any:
+            value = parse(text)
+            if not low <= value < high:
+                raise ValueError(f"{value} does not fit a 64-bit integer")
+            return value
 
-    return checked
+        return checked_int
+    if field.type.startswith("decimal"):
+        type_name = field.type
+
+        def checked_decimal(text: str) -> Any:
+            return check_range(type_name, parse(text))
+
+        return checked_decimal if places_of(type_name) is not None else parse
+    return parse
 
 
 def _file_digest(path: Path) -> str:

@@ -99,11 +99,6 @@ fx_rates = SqlExtract(
 # --- transform: derived columns of sales ------------------------------------------------
 
 
-def amounts(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The UTC day of the sale and its exact amount."""
-    return {"sold_on": row["sold_at"].date(), "amount": row["quantity"] * row["unit_price"]}
-
-
 def in_aud(row: Mapping[str, Any]) -> dict[str, Any]:
     """The rate (1 for AUD, else the day's rate) and the amount in AUD, half-even to cents."""
     rate = Decimal(1) if row["currency"] == "AUD" else row["fx.rate_to_aud"]
@@ -112,16 +107,14 @@ def in_aud(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"rate_to_aud": rate, "amount_aud": amount_aud}
 
 
-def dimensions(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The customer's segment and the product's category; NULL when unknown."""
-    return {"customer_segment": row["customer.segment"], "category": row["product.category"]}
-
-
+# Row arithmetic and plain lookups run as SQL in the warehouse; the AUD amount, with
+# its half-even rounding, is computed in Python.
 sales_amounts = Derive(
     name="sales_amounts", table="sales",
     inputs=("sold_at", "quantity", "unit_price"),
     outputs=cols("sold_on:date, amount:decimal:4"),
-    compute=amounts,
+    sql={"sold_on": lambda c: sa.func.date(c["sold_at"]),
+         "amount": lambda c: c["quantity"] * c["unit_price"]},
 )
 
 sales_fx = Derive(
@@ -139,7 +132,8 @@ sales_dims = Derive(
     lookups=(Lookup.of("customer", "customers", {"customer_id": "customer_id"}, ["segment"]),
              Lookup.of("product", "products", {"sku": "sku"}, ["category"])),
     outputs=cols("customer_segment, category"),
-    compute=dimensions,
+    sql={"customer_segment": lambda c: c["customer.segment"],
+         "category": lambda c: c["product.category"]},
 )
 
 # --- load: reports and data quality ----------------------------------------------------

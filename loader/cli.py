@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from loader import commands
-from loader.errors import ConfigError, FlowError, LoaderError
+from loader.errors import ConfigError, FlowError
+from loader.execute import describe
 from loader.runner import RunReport, TaskState
 from loader.warehouse import mask_url
 
@@ -40,9 +41,7 @@ class LoaderGroup(click.Group):
         except Exception as exc:
             if ctx.meta.get("traceback"):
                 errors.print(mask_url(traceback.format_exc()), markup=False, highlight=False)
-            message = mask_url(str(exc) if isinstance(exc, LoaderError)
-                               else f"{type(exc).__name__}: {exc}")
-            errors.print(f"error: {message}", markup=False, highlight=False)
+            errors.print(f"error: {describe(exc)}", markup=False, highlight=False)
             ctx.exit(2 if isinstance(exc, USAGE_ERRORS) else 1)
 
 
@@ -134,6 +133,8 @@ def _task_line(state: TaskState) -> str:
         parts = [f"{info.get(k, 0):,} {k.replace('_', ' ')}" for k in
                  ("rows_read", "inserted", "updated", "deleted", "rejected") if info.get(k)]
         line += "  " + (", ".join(parts) or "nothing to do")
+        if info.get("errors"):
+            line += f"  [red]{len(info['errors'])} error(s)[/]"
     elif state.state == "FAILURE":
         line += f"  {mask_url(str(info))}"
     return line

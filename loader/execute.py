@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from loader import history
 from loader.errors import LoaderError
@@ -22,9 +23,8 @@ from loader.warehouse import Warehouse, mask_url
 
 def describe(exc: BaseException) -> str:
     """A one-line description of an error, with URL passwords masked."""
-    if isinstance(exc, LoaderError):
-        return mask_url(str(exc))
-    return mask_url(f"{type(exc).__name__}: {exc}")
+    text = str(exc) if isinstance(exc, LoaderError) else f"{type(exc).__name__}: {exc}"
+    return mask_url(" ".join(text.split()))
 
 
 def run_task(wh: Warehouse, run: RunInfo, processor: Processor, *,
@@ -43,6 +43,15 @@ def run_task(wh: Warehouse, run: RunInfo, processor: Processor, *,
     result.seconds = time.perf_counter() - started
     history.finish_task(wh, task_run, result)
     return result
+
+
+def contained_errors(results: Iterable[tuple[str, Result | Mapping[str, Any]]]) -> str | None:
+    """The failures tasks contained (and went on), as one message, or None."""
+    found = []
+    for name, result in results:
+        errors = result.errors if isinstance(result, Result) else result.get("errors") or []
+        found += [f"task {name!r}: {error}" for error in errors]
+    return "; ".join(found) or None
 
 
 @dataclass
@@ -74,6 +83,10 @@ def run_sequence(wh: Warehouse, processors: Sequence[Processor], *, mode: Mode =
         except Exception as exc:
             outcome.status, outcome.error = "failed", describe(exc)
             outcome.traceback = mask_url(traceback.format_exc())
+        else:
+            contained = contained_errors(outcome.results.items())
+            if contained:
+                outcome.status, outcome.error = "failed", contained
         with wh.begin() as conn:
             history.finish_run(conn, run.run_id, outcome.status, outcome.error)
         return outcome

@@ -202,7 +202,7 @@ def select(flow: Flow, only: Sequence[str]) -> list[list[Processor]]:
         for proc in flow_stages[index]:
             if proc.name not in wanted:
                 continue
-            needs = set(proc.reads)
+            needs = set(proc.reads) | {f"{r.split('.', 1)[0]}.*" for r in proc.reads}
             for earlier in flow_stages[:index]:
                 for other in earlier:
                     if needs & set(other.provides):

@@ -51,8 +51,21 @@ def start_run(conn: Connection, flow: str, mode: str, params: Mapping[str, str],
 
 
 def finish_run(conn: Connection, run_id: int, status: str, error: str | None = None) -> None:
+    """Record the end of a run; task runs still marked running were lost (a killed worker)."""
+    now = db_now(conn)
     conn.execute(meta.runs.update().where(meta.runs.c.run_id == run_id).values(
-        status=status, error=mask_url(error) if error else None, ended_at=db_now(conn)))
+        status=status, error=mask_url(error) if error else None, ended_at=now))
+    t = meta.task_runs
+    conn.execute(t.update().where(t.c.run_id == run_id, t.c.status == "running").values(
+        status="lost", ended_at=now, error="its worker stopped before it finished"))
+
+
+def task_error(conn: Connection, run_id: int, task: str) -> str | None:
+    """The error recorded for a failed task of a run (the latest attempt)."""
+    t = meta.task_runs
+    return conn.execute(sa.select(t.c.error).where(
+        t.c.run_id == run_id, t.c.task == task, t.c.status == "failed")
+        .order_by(t.c.id.desc()).limit(1)).scalar()
 
 
 def set_task_ids(conn: Connection, run_id: int, task_ids: Mapping[str, str]) -> None:
@@ -82,6 +95,8 @@ def finish_task(wh: Warehouse, task_run_id: int, result: Result | None,
             watermark_after=json.dumps(result.watermark_after, sort_keys=True),
             details=json.dumps(result.details, sort_keys=True, default=str),
         )
+    if result is not None and result.errors and not error:
+        values["error"] = mask_url("; ".join(result.errors))
     if error:
         values["error"] = mask_url(error)
     with wh.begin() as conn:

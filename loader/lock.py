@@ -16,6 +16,7 @@ import uuid
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from loader import meta
 from loader.errors import LockHeld
@@ -26,6 +27,25 @@ NAME = "warehouse"
 
 def default_ttl() -> float:
     return float(os.environ.get("LOADER_LOCK_TTL", "300"))
+
+
+def abandon(conn: Connection, run_id: int, holder: str) -> None:
+    """Mark a run whose lock expired (its holder stopped) as failed, with its open tasks."""
+    r, t = meta.runs, meta.task_runs
+    now = db_now(conn)
+    conn.execute(r.update().where(r.c.run_id == run_id, r.c.status == "running").values(
+        status="failed", ended_at=now,
+        error=f"abandoned: its holder {holder} stopped renewing the warehouse lock"))
+    conn.execute(t.update().where(t.c.run_id == run_id, t.c.status == "running").values(
+        status="lost", ended_at=now, error="the run was abandoned"))
+
+
+def holds(conn: Connection, run_id: int, name: str = NAME) -> bool:
+    """True while run ``run_id`` holds the warehouse lock and its lease has not expired."""
+    locks = meta.locks
+    row = conn.execute(sa.select(locks.c.run_id, locks.c.expires_at)
+                       .where(locks.c.name == name)).first()
+    return row is not None and row.run_id == run_id and row.expires_at >= db_now(conn)
 
 
 class Lease:
@@ -69,6 +89,8 @@ class Lease:
                 taken = conn.execute(locks.update().where(
                     locks.c.name == self.name, locks.c.expires_at < now).values(**values))
                 if taken.rowcount:
+                    if row.run_id is not None:
+                        abandon(conn, row.run_id, row.holder)
                     return None
                 return row.holder, row.run_id
         except sa.exc.IntegrityError:

@@ -24,7 +24,7 @@ from loader import flow as flows
 from loader import history, tasks
 from loader.celery_app import app, embedded, run_failed
 from loader.errors import ConfigError, LoaderError
-from loader.execute import describe
+from loader.execute import contained_errors, describe
 from loader.flow import Flow
 from loader.lock import Lease
 from loader.processors.base import Mode, Processor
@@ -129,7 +129,10 @@ def run_flow(wh: Warehouse, flow: Flow, *, params: Mapping[str, str] | None = No
             if embedded():
                 embedded_worker(concurrency)
             sent = canvas.apply_async()
-            status, error = _watch(states, watcher, poll)
+            status, failed = _watch(states, watcher, poll)
+            error = _run_error(wh, run.run_id, status, failed, states)
+            if error and status == "succeeded":
+                status = "failed"
             del sent
             _unsubscribe_results()
         except LoaderError:
@@ -172,8 +175,9 @@ def _unsubscribe_results() -> None:
     gc.collect()
 
 
-def _watch(states: list[TaskState], watcher: Watcher, poll: float) -> tuple[str, str | None]:
-    """Poll the tasks' states until the run is over; returns status and error."""
+def _watch(states: list[TaskState], watcher: Watcher, poll: float
+           ) -> tuple[str, TaskState | None]:
+    """Poll the tasks' states until the run is over; returns the status and the failed task."""
     while True:
         for state in states:
             if state.state in FINISHED:
@@ -184,14 +188,21 @@ def _watch(states: list[TaskState], watcher: Watcher, poll: float) -> tuple[str,
         failed = [s for s in states if s.state in ("FAILURE", "REVOKED")]
         running = [s for s in states if s.state in ACTIVE]
         if failed and not running:
-            first = failed[0]
-            return "failed", f"task {first.name!r} failed: {_error_text(first.info)}"
+            return "failed", failed[0]
         if all(s.state == "SUCCESS" for s in states):
             return "succeeded", None
         time.sleep(poll)
 
 
-def _error_text(info: Any) -> str:
-    if isinstance(info, BaseException):
-        return describe(info)
-    return str(info)
+def _run_error(wh: Warehouse, run_id: int, status: str, failed: TaskState | None,
+               states: Sequence[TaskState]) -> str | None:
+    """The run's error: the failed task's recorded error, or the errors tasks contained."""
+    if failed is not None:
+        with wh.engine.connect() as conn:
+            recorded = history.task_error(conn, run_id, failed.name)
+        text = recorded or (describe(failed.info) if isinstance(failed.info, BaseException)
+                            else str(failed.info))
+        return f"task {failed.name!r} failed: {text}"
+    if status == "succeeded":
+        return contained_errors((s.name, s.info) for s in states if isinstance(s.info, dict))
+    return None

@@ -19,9 +19,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from loader import meta
-from loader.errors import ConfigError
+from loader.errors import ConfigError, LoaderError
 from loader.execute import describe, run_task
 from loader.history import RunInfo
+from loader.lock import holds
 from loader.processors.base import Processor, Result
 from loader.warehouse import Warehouse, db_now, mask_url
 
@@ -59,7 +60,7 @@ def summary(name: str, result: Result) -> dict[str, Any]:
     """The deterministic part of a result: what a chord collects."""
     return {"task": name, "rows_read": result.rows_read, "inserted": result.inserted,
             "updated": result.updated, "deleted": result.deleted,
-            "rejected": result.rejected, "changes": result.changes}
+            "rejected": result.rejected, "changes": result.changes, "errors": result.errors}
 
 
 def already_done(wh: Warehouse, run_id: int, task: str) -> dict[str, Any] | None:
@@ -83,6 +84,11 @@ def execute(processor: Processor, run: dict[str, Any], *, celery_id: str | None,
     done = already_done(wh, run["run_id"], processor.name)
     if done is not None:
         return done
+    with wh.engine.connect() as conn:
+        if not holds(conn, run["run_id"]):
+            raise LoaderError(f"run {run['run_id']} no longer holds the warehouse lock (its "
+                              "watcher stopped or another run took the lock over); "
+                              f"task {processor.name!r} was not started")
     last = [0.0]
 
     def progress(phase: str, count: int, total: int | None) -> None:

@@ -101,11 +101,17 @@ class RowSet:
             return own
         return sa.union(*selects).subquery().select()
 
-    def _row_query(self, keys: sa.Table | None) -> tuple[sa.Select[Any], list[str]]:
+    def columns_and_source(self, keys: sa.Table | None
+                           ) -> tuple[dict[str, sa.ColumnElement[Any]], sa.FromClause]:
+        """Every value a computation may use, by name, and the join that yields them.
+
+        Names are the table's columns, ``"<lookup>.<column>"`` for lookup
+        columns, and ``"<lookup>"`` (a live partner exists).
+        """
         t = self.table.table
         names = list(self.table.key_names) + [c for c in self.columns
                                               if c not in self.table.key_names]
-        selected: list[Any] = [t.c[n] for n in names]
+        values: dict[str, sa.ColumnElement[Any]] = {n: t.c[n] for n in names}
         source: sa.FromClause = t
         if keys is not None:
             source = source.join(keys, sa.and_(*(t.c[k] == keys.c[k]
@@ -115,14 +121,16 @@ class RowSet:
             source = source.outerjoin(
                 p, sa.and_(self._join(t, lookup, partner, p), p.c[DELETED_AT].is_(None))
             )
-            first_key = p.c[partner.key_names[0]]
-            selected.append(first_key.is_not(None))
-            names.append(lookup.name)
+            values[lookup.name] = p.c[partner.key_names[0]].is_not(None)
             for column in lookup.columns:
-                selected.append(p.c[column])
-                names.append(f"{lookup.name}.{column}")
-        query = sa.select(*selected).select_from(source).where(t.c[DELETED_AT].is_(None))
-        return query, names
+                values[f"{lookup.name}.{column}"] = p.c[column]
+        return values, source
+
+    def _row_query(self, keys: sa.Table | None) -> tuple[sa.Select[Any], list[str]]:
+        values, source = self.columns_and_source(keys)
+        t = self.table.table
+        query = sa.select(*values.values()).select_from(source).where(t.c[DELETED_AT].is_(None))
+        return query, list(values)
 
     def pages(self, keys: sa.Table | None, page: int = PAGE) -> Iterator[list[dict[str, Any]]]:
         """The live rows (all, or those whose key is in ``keys``), a page at a time.

@@ -51,7 +51,11 @@ class Context:
 
 @dataclass
 class Result:
-    """What a processor did, as counts; small and deterministic."""
+    """What a processor did, as counts; small and deterministic.
+
+    ``errors`` are failures the processor contained (a bad source file while
+    the others loaded): the flow goes on, and the run ends failed with them.
+    """
 
     rows_read: int = 0
     inserted: int = 0
@@ -62,6 +66,7 @@ class Result:
     watermark_before: dict[str, str | None] = field(default_factory=dict)
     watermark_after: dict[str, str | None] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def count_changes(self, table: str, changes: Mapping[str, int]) -> None:

@@ -150,8 +150,7 @@ class CsvSnapshot:
             except (SourceError, CsvFormatError) as exc:
                 failures.append(str(exc))
         result.details["files"] = len(files)
-        if failures:
-            raise SourceError(self.name, "; ".join(failures))
+        result.errors.extend(failures)
         return result
 
     def _load_file(self, conn: Connection, ctx: Context, path: Path, value: str,

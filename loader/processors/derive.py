@@ -19,14 +19,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
-from loader.coltypes import python_value, sql_type
+from loader.coltypes import places_of, python_value, sql_type
+from loader.errors import ConfigError
 from loader.merge import upsert
 from loader.processors._select import Lookup, RowSet
 from loader.processors.base import Context, Result, stamp_text
 from loader.state import get_watermark, set_watermark
-from loader.tracking import Col, TrackedTable, ensure_table, require_table
+from loader.tracking import DELETED_AT, Col, TrackedTable, ensure_table, require_table
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
 
 
 @dataclass
@@ -37,16 +39,28 @@ class Derive:
     lookup's columns as ``"lookup.column"``, and ``"lookup"`` itself telling
     whether a live partner exists) and returns the outputs by name. It runs
     in Python over pages of rows.
+
+    Instead of ``compute``, ``sql`` may give each output as a function of the
+    same names, mapped to SQL expressions: the whole derive then runs as set
+    based SQL in the warehouse, which suits row arithmetic and plain lookups.
     """
 
     name: str
     table: str
     inputs: tuple[str, ...]
     outputs: tuple[Col, ...]
-    compute: Compute
+    compute: Compute | None = None
     lookups: tuple[Lookup, ...] = ()
+    sql: Mapping[str, Expression] | None = None
     version: str = "1"
     page: int = field(default=20_000, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.compute is None) == (self.sql is None):
+            raise ConfigError(f"derive {self.name!r}: give either compute= or sql=")
+        if self.sql is not None and set(self.sql) != {c.name for c in self.outputs}:
+            raise ConfigError(f"derive {self.name!r}: sql= must give exactly the outputs "
+                              f"{', '.join(c.name for c in self.outputs)}")
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -90,22 +104,45 @@ class Derive:
                 keys = stack.enter_context(bulk.stage(conn, f"{self.name}_keys", key_types))
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
-            if self._compute_pages(ctx, rows, keys, out, result):
+            compute = self._compute_sql if self.sql is not None else self._compute_pages
+            if compute(ctx, rows, keys, out, result):
                 names = [c.name for c in self.outputs]
                 counts = upsert(conn, table, out, names, ctx.run_ts, insert=False)
                 result.updated = counts.updated
                 result.count_changes(table.name, counts.changes)
+
+    def _compute_sql(self, ctx: Context, rows: RowSet, keys: sa.Table | None,
+                     out: sa.Table, result: Result) -> int:
+        """Stage, in one statement, the rows whose outputs differ. Returns how many."""
+        assert self.sql is not None
+        values, source = rows.columns_and_source(keys)
+        t = rows.table.table
+        computed = {c.name: sa.type_coerce(_exact(rows.conn, self.sql[c.name](values), c),
+                                           sql_type(c.type))
+                    for c in self.outputs}
+        query = sa.select(*(t.c[k] for k in rows.table.key_names),
+                          *(computed[c.name].label(c.name) for c in self.outputs)
+                          ).select_from(source).where(
+            t.c[DELETED_AT].is_(None),
+            sa.or_(*(t.c[c.name].is_distinct_from(computed[c.name]) for c in self.outputs)))
+        staged = conn_insert(rows.conn, out, query)
+        result.rows_read = rows.conn.execute(
+            sa.select(sa.func.count()).select_from(source).where(t.c[DELETED_AT].is_(None))
+        ).scalar_one()
+        return staged
 
     def _compute_pages(self, ctx: Context, rows: RowSet, keys: sa.Table | None,
                        out: sa.Table, result: Result) -> int:
         """Compute every page; stage the rows whose outputs differ. Returns how many."""
         key_names = rows.table.key_names
         outputs = [(c.name, c.type) for c in self.outputs]
+        compute = self.compute
+        assert compute is not None
         staged = 0
         for page in rows.pages(keys, self.page):
             changed = []
             for row in page:
-                computed = self.compute(row)
+                computed = compute(row)
                 values = [python_value(type_, computed.get(name)) for name, type_ in outputs]
                 if any(_differs(v, row[name]) for v, (name, _) in zip(values, outputs,
                                                                        strict=True)):
@@ -114,6 +151,22 @@ class Derive:
             result.rows_read += len(page)
             ctx.progress(self.name, result.rows_read, None)
         return staged
+
+
+def _exact(conn: Connection, expression: sa.ColumnElement[Any],
+           column: Col) -> sa.ColumnElement[Any]:
+    """On SQLite, round decimal arithmetic (done in floating point) to the column's places,
+    so the stored REAL is the one nearest the exact decimal, as a Python derive stores it."""
+    places = places_of(column.type)
+    if conn.dialect.name == "sqlite" and places is not None:
+        return sa.func.round(expression, places)
+    return expression
+
+
+def conn_insert(conn: Connection, table: sa.Table, query: sa.Select[Any]) -> int:
+    """INSERT ... SELECT ``query`` into ``table``; returns the number of rows."""
+    return conn.execute(sa.insert(table).from_select([c.name for c in table.columns], query),
+                        execution_options={"preserve_rowcount": True}).rowcount
 
 
 def _differs(new: Any, old: Any) -> bool:

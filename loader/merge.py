@@ -92,6 +92,10 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     for c in columns:
         values[c] = s.c[c]
         values[stamp(c)] = sa.case((sa.or_(dead, differs[c]), _ts(run_ts)), else_=t.c[stamp(c)])
+    others = [c for c in table.column_names if c not in columns]
+    for c in others:
+        # A revived row is new again: every one of its cells is stamped.
+        values[stamp(c)] = sa.case((dead, _ts(run_ts)), else_=t.c[stamp(c)])
     values[CHANGED_AT] = sa.case((any_change, _ts(run_ts)), else_=t.c[CHANGED_AT])
     values[LIVE_SINCE] = sa.case((dead, _ts(run_ts)), else_=t.c[LIVE_SINCE])
     values[DELETED_AT] = None
@@ -107,8 +111,9 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     if insert:
         names = [*table.key_names, *columns]
         selected: list[Any] = [s.c[n] for n in names]
-        names += [stamp(c) for c in columns] + [CHANGED_AT, LIVE_SINCE]
-        selected += [_ts(run_ts) for _ in columns] + [_ts(run_ts), _ts(run_ts)]
+        stamped = [*columns, *(c for c in table.column_names if c not in columns)]
+        names += [stamp(c) for c in stamped] + [CHANGED_AT, LIVE_SINCE]
+        selected += [_ts(run_ts) for _ in stamped] + [_ts(run_ts), _ts(run_ts)]
         if with_hash:
             names.append(ROW_HASH)
             selected.append(s.c[ROW_HASH])

@@ -43,14 +43,7 @@ def create_engine(url: str) -> Engine:
     except sa.exc.ArgumentError as exc:
         raise ConfigError(f"not a database URL: {mask_url(url)!r} ({exc})") from None
     if parsed.get_backend_name() == "postgresql":
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        options = " ".join(filter(None, [str(parsed.query.get("options", "")),
-                                         "-c timezone=UTC",
-                                         # Streamed reads want the whole result, not a fast start.
-                                         "-c cursor_tuple_fraction=1"]))
-        parsed = parsed.difference_update_query(["options"])
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"options": options})
+        return postgresql_engine(parsed, pool_pre_ping=True)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
@@ -61,6 +54,20 @@ def create_engine(url: str) -> Engine:
     raise ConfigError(
         f"unsupported warehouse {mask_url(url)!r}: use sqlite:///FILE or postgresql://..."
     )
+
+
+def postgresql_engine(url: sa.URL, **kwargs: Any) -> Engine:
+    """A psycopg 3 engine whose sessions run in UTC, keeping any ``options`` of the URL."""
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    options = " ".join(filter(None, [
+        str(url.query.get("options", "")),
+        "-c timezone=UTC",
+        # Streamed reads want the whole result, not a fast start.
+        "-c cursor_tuple_fraction=1",
+    ]))
+    url = url.difference_update_query(["options"])
+    return sa.create_engine(url, connect_args={"options": options}, **kwargs)
 
 
 def _make_sqlite_transactional(engine: Engine) -> None:

@@ -7,6 +7,7 @@ PostgreSQL, ``executemany`` in the open transaction on SQLite), chosen from
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ def stage(conn: Connection, hint: str,
           columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]) -> Iterator[sa.Table]:
     """A temporary table with ``columns``, dropped when the block ends."""
     name = f"_stage_{hint}_{next(_names)}"
+    if len(name) > 60:
+        digest = hashlib.blake2b(hint.encode(), digest_size=4).hexdigest()
+        name = f"_stage_{hint[:30]}_{digest}_{next(_names)}"
     table = sa.Table(
         name, sa.MetaData(), *(sa.Column(n, t) for n, t in columns),
         prefixes=["TEMPORARY"], postgresql_on_commit="DROP",

@@ -277,7 +277,8 @@ class _FileLoad:
             target = _direct_target(self.table, names)
             # The same stamp in every row: written as text, it is converted once per
             # row by the database instead of once per value by the driver.
-            suffix = [ctx.run_ts.strftime("%Y-%m-%d %H:%M:%S.%f")] * (len(data) + 2)
+            suffix = [ctx.run_ts.strftime("%Y-%m-%d %H:%M:%S.%f")] * (
+                len(self.table.columns) + 2)
             with bulk.writer(conn, target) as put:
                 read, loaded = self._each_row(ctx, records, salt, previous, put, suffix)
             counts = MergeCounts(inserted=loaded, changes={c: loaded for c in data} if loaded
@@ -364,8 +365,7 @@ class _FileLoad:
 def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:
     """The tracked table's columns in the order the first-load rows are written."""
     t = table.table
-    data = [n for n in names if n not in table.key_names]
-    stamps = [*(stamp(n) for n in data), CHANGED_AT, LIVE_SINCE]
+    stamps = [*(stamp(c.name) for c in table.columns), CHANGED_AT, LIVE_SINCE]
     return sa.Table(t.name, sa.MetaData(),
                     *(sa.Column(n, t.c[n].type) for n in [*names, ROW_HASH]),
                     *(sa.Column(n, sa.Text()) for n in stamps))

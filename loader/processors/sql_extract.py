@@ -25,7 +25,7 @@ from loader.processors.base import Context, Result, stamp_text
 from loader.sources.csvfile import parse_timestamp
 from loader.state import get_watermark, set_watermark
 from loader.tracking import Col, TrackedTable, ensure_table
-from loader.warehouse import mask_url
+from loader.warehouse import mask_url, postgresql_engine
 
 Transform = Callable[[Any], Any]
 BATCH = 10_000
@@ -169,8 +169,9 @@ def _source_engine(url: str, name: str) -> sa.Engine:
         database = parsed.database or ""
         if database in ("", ":memory:") or not Path(database).is_file():
             raise SourceError(name, f"source database {mask_url(url)} does not exist")
-    elif parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.get_backend_name() == "postgresql":
+        # Cursor values are compared as naive UTC, so the session must be in UTC.
+        return postgresql_engine(parsed)
     return sa.create_engine(parsed)
 
 

@@ -1,0 +1,144 @@
+"""Aggregate: a refresh rebuilds exactly the groups its changed rows touch.
+
+``seg_totals`` counts orders and sums their ``total`` by the customer's segment;
+``_members_seg_totals`` remembers each order's group so that the group an order
+leaves is rebuilt too, and a group left empty is soft-deleted.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from loader import Warehouse
+from loader.execute import RunOutcome
+
+from .shop import Shop, dump, fresh_full_outputs, outputs, sample_shop, view
+
+
+def totals(wh: Warehouse) -> dict[str | None, tuple[int, Decimal]]:
+    return {r["seg"]: (r["n"], r["revenue"]) for r in view(wh, "seg_totals")}
+
+
+def groups(wh: Warehouse) -> dict[str | None, dict[str, Any]]:
+    return {r["seg"]: r for r in dump(wh)["seg_totals_tracked"]}
+
+
+def rebuilt(outcome: RunOutcome) -> int:
+    assert outcome.status == "succeeded", outcome.error
+    return int(outcome.results["by_seg"].details.get("groups_rebuilt", 0))
+
+
+def _shop(tmp_path: Path) -> Shop:
+    """Groups A (east:1, west:1), B (east:2, west:2), C (west:3) and NULL (east:3)."""
+    shop = sample_shop(tmp_path / "data")
+    shop.put_customer("c4", "C")
+    shop.put_order("west", "3", 1, "5.00", "c4")
+    shop.write_orders("west")
+    return shop
+
+
+def test_a_refresh_rebuilds_only_the_groups_of_changed_rows(warehouse: Warehouse,
+                                                            tmp_path: Path) -> None:
+    """Changing one order's quantity rebuilds its group only; the other groups keep
+    their rows and stamps untouched. A refresh with nothing changed rebuilds none."""
+    shop = _shop(tmp_path)
+    assert rebuilt(shop.run(warehouse, "full")) == 4
+    assert totals(warehouse) == {"A": (2, Decimal(17)), "B": (2, Decimal("10.3")),
+                                 "C": (1, Decimal(5)), None: (1, Decimal(5))}
+    before = groups(warehouse)
+    assert rebuilt(shop.run(warehouse, "refresh")) == 0
+
+    shop.orders["east"]["1"]["qty"] = "4"
+    shop.write_orders("east")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 1
+    after = groups(warehouse)
+    assert {seg for seg in before if after[seg] != before[seg]} == {"A"}
+    assert totals(warehouse)["A"] == (2, Decimal(24))
+
+
+def test_a_row_moving_between_groups_rebuilds_both_and_an_empty_group_vanishes(
+        warehouse: Warehouse, tmp_path: Path) -> None:
+    """An order moving to another segment rebuilds the group it left and the one it
+    joined; when the group it left is now empty, the group disappears from the view
+    and is kept soft-deleted in ``seg_totals_tracked``; it comes back when a row does."""
+    shop = _shop(tmp_path)
+    assert rebuilt(shop.run(warehouse, "full")) == 4
+
+    shop.orders["west"]["1"]["cust"] = "c2"
+    shop.write_orders("west")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 2
+    assert totals(warehouse) == {"A": (1, Decimal(7)), "B": (3, Decimal("20.3")),
+                                 "C": (1, Decimal(5)), None: (1, Decimal(5))}
+
+    shop.orders["west"]["3"]["cust"] = "c1"
+    shop.write_orders("west")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 2
+    assert totals(warehouse) == {"A": (2, Decimal(12)), "B": (3, Decimal("20.3")),
+                                 None: (1, Decimal(5))}
+    c = groups(warehouse)["C"]
+    assert c["_deleted_at"] is not None and c["n"] == 1
+
+    shop.put_customer("c4", "A")
+    shop.orders["east"]["1"]["cust"] = "c4"
+    shop.orders["west"]["3"]["cust"] = "c4"
+    shop.write_orders("east")
+    shop.write_orders("west")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 0  # same segment: no group touched
+    shop.put_customer("c4", "C")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 2
+    assert totals(warehouse) == {"B": (3, Decimal("20.3")), "C": (2, Decimal(12)),
+                                 None: (1, Decimal(5))}
+    assert groups(warehouse)["C"]["_deleted_at"] is None
+    assert groups(warehouse)["A"]["_deleted_at"] is not None
+    assert outputs(warehouse) == fresh_full_outputs(shop, warehouse, tmp_path)
+
+
+def test_a_deleted_row_rebuilds_its_group(warehouse: Warehouse, tmp_path: Path) -> None:
+    """An order gone from its file rebuilds the group it was in; the membership table
+    forgets it."""
+    shop = _shop(tmp_path)
+    assert rebuilt(shop.run(warehouse, "full")) == 4
+    del shop.orders["west"]["2"]
+    shop.write_orders("west")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 1
+    assert totals(warehouse)["B"] == (1, Decimal(10))
+    members = {(r["shop"], r["id"]): r["g_seg"] for r in dump(warehouse)["_members_seg_totals"]}
+    assert members == {("east", "1"): "A", ("east", "2"): "B", ("east", "3"): None,
+                       ("west", "1"): "A", ("west", "3"): "C"}
+
+
+def test_null_group_values_form_their_own_group(warehouse: Warehouse,
+                                                tmp_path: Path) -> None:
+    """Orders without a segment (unknown customer, no customer, customer without a
+    segment) form one NULL group, rebuilt like any other, which vanishes when empty
+    and comes back when a row joins it again."""
+    shop = _shop(tmp_path)
+    shop.put_order("east", "4", 2, "1.50", None)
+    shop.write_orders("east")
+    assert rebuilt(shop.run(warehouse, "full")) == 4
+    assert totals(warehouse)[None] == (2, Decimal(8))
+
+    shop.put_customer("c5", None)
+    shop.orders["west"]["1"]["cust"] = "c5"
+    shop.write_orders("west")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 2
+    assert totals(warehouse)[None] == (3, Decimal(18))
+    assert totals(warehouse)["A"] == (1, Decimal(7))
+
+    shop.put_customer("c9", "B")
+    shop.put_customer("c5", "B")
+    shop.orders["east"]["4"]["cust"] = "c2"
+    shop.write_orders("east")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 2
+    assert None not in totals(warehouse)
+    assert totals(warehouse)["B"] == (5, Decimal("28.3"))
+    assert groups(warehouse)[None]["_deleted_at"] is not None
+
+    shop.orders["east"]["4"]["cust"] = ""
+    shop.write_orders("east")
+    assert rebuilt(shop.run(warehouse, "refresh")) == 2
+    assert totals(warehouse)[None] == (1, Decimal(3))
+    assert len([r for r in dump(warehouse)["seg_totals_tracked"] if r["seg"] is None]) == 1
+    assert outputs(warehouse) == fresh_full_outputs(shop, warehouse, tmp_path)

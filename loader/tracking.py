@@ -16,7 +16,8 @@ the data columns:
 - ``_row_hash``: the hash of the source record an extract loaded the row
   from, so that a reload can skip records that did not change.
 
-Names starting with ``_`` are reserved for these columns. The definitions are
+These names are reserved; any other column name (quoted wherever it is
+used) may come from data, up to PostgreSQL's 63 bytes. The definitions are
 kept in the registry table ``loader_tables``; new columns are added with
 ``ALTER TABLE`` and recorded in ``loader_schema_history``.
 """
@@ -45,9 +46,34 @@ ROW_HASH = "_row_hash"
 PHYSICAL_SUFFIX = "_tracked"
 
 
+INTERNAL = (CHANGED_AT, DELETED_AT, LIVE_SINCE, ROW_HASH)
+MAX_NAME_BYTES = 63
+
+
 def stamp(column: str) -> str:
-    """The name of the column holding ``column``'s last-change timestamp."""
-    return f"_changed_at_{column}"
+    """The name of the column holding ``column``'s last-change timestamp.
+
+    Names that would exceed PostgreSQL's 63 bytes end in a hash of the column name.
+    """
+    name = f"_changed_at_{column}"
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.blake2b(column.encode(), digest_size=4).hexdigest()
+    prefix = name.encode()[:MAX_NAME_BYTES - 9].decode("utf-8", "ignore")
+    return f"{prefix}_{digest}"
+
+
+def check_column_name(name: str) -> str:
+    """``name`` if it can be a column (quoted wherever it is used); SchemaError otherwise."""
+    if not name or name != name.strip():
+        raise SchemaError(f"column name {name!r} is empty or has surrounding spaces")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise SchemaError(f"column name {name!r} holds control characters")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise SchemaError(f"column name {name!r} is longer than {MAX_NAME_BYTES} bytes")
+    if name.lower() in INTERNAL or name.lower().startswith("_changed_at_"):
+        raise SchemaError(f"column name {name!r} is reserved for the loader's own columns")
+    return name
 
 
 def physical_name(table: str) -> str:
@@ -62,8 +88,7 @@ class Col:
     type: str = "text"
 
     def __post_init__(self) -> None:
-        if not self.name or self.name.startswith("_"):
-            raise SchemaError(f"column name {self.name!r} is reserved: names may not start with _")
+        check_column_name(self.name)
         sql_type(self.type)
 
 

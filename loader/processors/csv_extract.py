@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from loader import bulk, meta
 from loader.coltypes import INT64, check_range, places_of, sql_type
-from loader.errors import ConfigError, SourceError
+from loader.errors import ConfigError, SchemaError, SourceError
 from loader.merge import MergeCounts, delete_keys, upsert
 from loader.processors.base import Context, Result
 from loader.sources.csvfile import (
@@ -33,7 +33,6 @@ from loader.sources.csvfile import (
     record_hasher,
     split_fields,
 )
-from loader.sources.csvfile import validate_identifier as _validate
 from loader.tracking import (
     CHANGED_AT,
     DELETED_AT,
@@ -41,6 +40,7 @@ from loader.tracking import (
     ROW_HASH,
     Col,
     TrackedTable,
+    check_column_name,
     ensure_table,
     load_table,
     stamp,
@@ -211,6 +211,12 @@ class CsvSnapshot:
                 raise SourceError(path.name, f"missing column {name!r} in the header "
                                   f"(found: {', '.join(names)})", line=header.line, column=name)
         extras = [n for n in names if n not in declared]
+        folded = [n.lower() for n in extras]
+        for name in extras:
+            if folded.count(name.lower()) > 1:
+                raise SourceError(path.name, f"columns {name!r} and another spelled alike in "
+                                  "another case name the same column", line=header.line,
+                                  column=name)
         table = load_table(conn, self.table)
         mine = {c.lower() for c in self._known_extras(conn, table)} if table else set()
         taken = {c.lower() for c in (self.partition, *declared, *self.reserved)}
@@ -218,8 +224,8 @@ class CsvSnapshot:
             taken |= {c.name.lower() for c in table.all_columns} - mine
         for name in extras:
             try:
-                _validate(name, what="column name")
-            except ValueError as exc:
+                check_column_name(name)
+            except SchemaError as exc:
                 raise SourceError(path.name, str(exc), line=header.line, column=name) from None
             if name.lower() in taken:
                 raise SourceError(path.name, f"extra column {name!r} clashes with column "
@@ -328,7 +334,10 @@ class _FileLoad:
             if previous:
                 unchanged = previous.pop(digest, missing)
                 if unchanged is not missing:
-                    seen.add(unchanged)
+                    if unchanged in seen:
+                        self._reject(line, raw, "duplicate_key")
+                    else:
+                        seen.add(unchanged)
                     continue
             fields = split_fields(raw)
             if len(fields) != width:

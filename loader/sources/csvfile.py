@@ -97,6 +97,35 @@ def _split_by_hand(text: str) -> list[str]:
     return fields
 
 
+def _inside_quotes(text: str, inside: bool) -> bool:
+    """Whether a quoted field is still open after ``text``, given whether one was before.
+
+    A quote opens a quoted field only at the start of a field (after optional spaces);
+    elsewhere it is data, as the ``csv`` module reads it.
+    """
+    at_start = not inside
+    quote_pending = False
+    for char in text:
+        if inside:
+            if quote_pending:
+                quote_pending = False
+                if char == '"':
+                    continue
+                inside = False
+            elif char == '"':
+                quote_pending = True
+                continue
+            else:
+                continue
+        if char == ",":
+            at_start = True
+        elif at_start and char == '"':
+            inside, at_start = True, False
+        elif not (at_start and char == " "):
+            at_start = False
+    return inside and not quote_pending
+
+
 def _split_quoted(text: str) -> list[str]:
     """Parse a record containing quotes into stripped fields."""
     try:
@@ -127,13 +156,13 @@ def iter_raw(path: Path) -> Iterator[tuple[int, str]]:
                 raise CsvFormatError(path, lineno, "not valid UTF-8") from exc
             if pending:
                 pending.append(line)
-                if line.count('"') & 1:
+                if not _inside_quotes(line, True):
                     text = _without_line_end("".join(pending))
                     pending = []
                     yield start, text
                 continue
             if '"' in line:
-                if line.count('"') & 1:
+                if _inside_quotes(line, False):
                     pending = [line]
                     start = lineno
                     continue

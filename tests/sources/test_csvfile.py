@@ -156,12 +156,15 @@ def test_unterminated_quote_yields_rest_of_file_as_one_record(tmp_path: Path) ->
     ]
 
 
-def test_stray_quote_in_unquoted_field_is_parsed_without_raising(tmp_path: Path) -> None:
-    """A quote inside an unquoted field joins lines; the merged record still parses."""
-    path = _write(tmp_path, 'a"b,c\nd,e"\nf,g\n')
-    records = list(iter_records(path))
-    assert records[0] == Record(1, 'a"b,c\nd,e"', ['a"b', "c\nd", 'e"'])
-    assert records[1] == Record(3, "f,g", ["f", "g"])
+def test_quote_inside_an_unquoted_field_is_data(tmp_path: Path) -> None:
+    """A quote opens a quoted field only at the start of a field; elsewhere it is a
+    character of the field and never joins lines."""
+    path = _write(tmp_path, 'a"b,c\nd,e"\nf,27" screen\n')
+    assert list(iter_records(path)) == [
+        Record(1, 'a"b,c', ['a"b', "c"]),
+        Record(2, 'd,e"', ["d", 'e"']),
+        Record(3, 'f,27" screen', ["f", '27" screen']),
+    ]
 
 
 def test_bare_carriage_return_is_data_not_a_line_end(tmp_path: Path) -> None:

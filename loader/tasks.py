@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from loader import meta
-from loader.errors import ConfigError, LoaderError
+from loader.errors import ConfigError, LoaderError, TransientError
 from loader.execute import describe, run_task
 from loader.history import RunInfo
 from loader.lock import holds
@@ -97,9 +97,27 @@ def execute(processor: Processor, run: dict[str, Any], *, celery_id: str | None,
             last[0] = now
             report({"phase": phase, "done": count, "total": total})
 
-    result = run_task(wh, run_info(run), processor, celery_id=celery_id,
-                      worker=worker or socket.gethostname(), progress=progress)
+    try:
+        result = run_task(wh, run_info(run), processor, celery_id=celery_id,
+                          worker=worker or socket.gethostname(), progress=progress)
+    except sa.exc.DBAPIError as exc:
+        if transient(exc):
+            # The transaction rolled back with the connection: safe to run again.
+            raise TransientError(f"task {processor.name!r} lost its database connection: "
+                                 f"{describe(exc)}") from exc
+        raise
     return summary(processor.name, result)
+
+
+def transient(exc: sa.exc.DBAPIError) -> bool:
+    """A lost connection, a deadlock or serialization failure, or a busy SQLite file."""
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate[:2] in ("08", "40", "57"):
+        return True
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database is busy" in text
 
 
 def mark_run_failed(masked: str, run_id: int, task: str, exc: BaseException) -> None:

@@ -181,6 +181,7 @@ class Aggregate:
             s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
         ).scalar_one()
         self._sync_members(conn, source, members)
+        bulk.analyze(conn, members)
 
     def _rebuild_touched(self, conn: Connection, ctx: Context, source: TrackedTable,
                          target: TrackedTable, members: sa.Table, since: datetime,

@@ -114,6 +114,8 @@ class Quality:
                     bulk.load(conn, checked, seen)
                 result.rows_read += len(page)
                 ctx.progress(self.name, result.rows_read, None)
+            bulk.analyze(conn, findings)
+            bulk.analyze(conn, checked)
             self._write(conn, ctx, findings, None if since is None else checked, result)
 
     def _write(self, conn: Connection, ctx: Context, findings: sa.Table,
@@ -140,6 +142,8 @@ class Quality:
                       findings.c.detail, ts, ts)
             .where(~sa.exists().where(is_open, same)),
         ), execution_options={"preserve_rowcount": True}).rowcount
+        if result.inserted + result.deleted > 1000:
+            bulk.analyze(conn, e)
         opened = conn.execute(
             sa.select(e.c.rule, sa.func.count()).where(e.c.resolved_at.is_(None),
                                                        e.c.table_name == self.table,

@@ -12,6 +12,7 @@ scaled integers on SQLite so that a total is exact there too.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -53,6 +54,29 @@ class Fixed(TypeDecorator[Decimal]):
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
         return to_decimal(value, self.places)
+
+    def result_processor(self, dialect: sa.Dialect, coltype: Any) -> Any:
+        """PostgreSQL returns exact decimals already, with the column's scale."""
+        if dialect.name == "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
+
+
+def converter(name: str) -> Callable[[Any], Any]:
+    """``python_value`` for one type name, with the type's work done once."""
+    if name.startswith("decimal"):
+        places = places_of(name)
+        quantum = Decimal(1).scaleb(-places) if places is not None else None
+
+        def decimal_value(value: Any) -> Any:
+            if value is None:
+                return None
+            if not isinstance(value, Decimal):
+                value = to_decimal(value)
+            return value.quantize(quantum) if quantum is not None else value
+
+        return decimal_value
+    return lambda value: python_value(name, value)
 
 
 def to_decimal(value: Any, places: int | None = None) -> Decimal | None:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
-from loader.coltypes import places_of, python_value, sql_type
+from loader.coltypes import converter, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import upsert
 from loader.processors._select import Lookup, RowSet
@@ -135,7 +135,7 @@ class Derive:
                        out: sa.Table, result: Result) -> int:
         """Compute every page; stage the rows whose outputs differ. Returns how many."""
         key_names = rows.table.key_names
-        outputs = [(c.name, c.type) for c in self.outputs]
+        outputs = [(c.name, converter(c.type)) for c in self.outputs]
         compute = self.compute
         assert compute is not None
         staged = 0
@@ -143,7 +143,7 @@ class Derive:
             changed = []
             for row in page:
                 computed = compute(row)
-                values = [python_value(type_, computed.get(name)) for name, type_ in outputs]
+                values = [convert(computed.get(name)) for name, convert in outputs]
                 if any(_differs(v, row[name]) for v, (name, _) in zip(values, outputs,
                                                                        strict=True)):
                     changed.append([*(row[k] for k in key_names), *values])

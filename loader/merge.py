@@ -43,18 +43,25 @@ class MergeCounts:
             self.changes[column] = self.changes.get(column, 0) + count
 
 
-def key_match(table: TrackedTable, a: sa.Table | sa.Subquery,
-              b: sa.Table | sa.Subquery) -> sa.ColumnElement[bool]:
-    """``a``'s key equals ``b``'s; NULL-safe (and still hash-joinable) for nullable keys."""
-    terms = []
+def key_match(table: TrackedTable, a: sa.Table | sa.Subquery, b: sa.Table | sa.Subquery,
+              dialect: str) -> sa.ColumnElement[bool]:
+    """``a``'s key equals ``b``'s, NULL equal to NULL for nullable keys.
+
+    For nullable keys each dialect gets the form it can serve fast: PostgreSQL
+    compares both sides coalesced to a sentinel (hash-joinable, where ``IS NOT
+    DISTINCT FROM`` is not); SQLite uses ``IS``, which its indexes serve.
+    """
+    terms: list[sa.ColumnElement[bool]] = []
     for column in table.key:
         left: sa.ColumnElement[Any] = a.c[column.name]
         right: sa.ColumnElement[Any] = b.c[column.name]
-        if table.nullable_key:
-            sentinel = _SENTINELS.get(column.type, -(10**30))
-            left = sa.func.coalesce(left, sa.literal(sentinel, left.type))
-            right = sa.func.coalesce(right, sa.literal(sentinel, right.type))
-        terms.append(left == right)
+        if not table.nullable_key:
+            terms.append(left == right)
+        elif dialect == "sqlite":
+            terms.append(left.is_not_distinct_from(right))
+        else:
+            sentinel = sa.literal(_SENTINELS.get(column.type, -(10**30)), left.type)
+            terms.append(sa.func.coalesce(left, sentinel) == sa.func.coalesce(right, sentinel))
     return sa.and_(*terms)
 
 
@@ -83,7 +90,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
                 sa.func.coalesce(sa.func.sum(sa.case((dead, 1), else_=0)), 0),
                 *(sa.func.coalesce(sa.func.sum(sa.case((~dead & d, 1), else_=0)), 0)
                   for d in differs.values()),
-            ).select_from(t.join(s, key_match(table, t, s)))
+            ).select_from(t.join(s, key_match(table, t, s, conn.dialect.name)))
         ).one()
         revived = int(totals[1])
         counts.changes = {c: int(n) + revived for c, n in zip(columns, totals[2:], strict=True)}
@@ -105,7 +112,8 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
         condition = sa.or_(any_change, t.c[ROW_HASH].is_distinct_from(s.c[ROW_HASH]))
     if columns or with_hash:
         result = conn.execute(
-            sa.update(t).where(key_match(table, t, s)).where(condition).values(values)
+            sa.update(t).where(key_match(table, t, s, conn.dialect.name), condition)
+            .values(values)
         )
         counts.updated = result.rowcount
     if insert:
@@ -117,7 +125,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
         if with_hash:
             names.append(ROW_HASH)
             selected.append(s.c[ROW_HASH])
-        exists = sa.exists().where(key_match(table, t, s))
+        exists = sa.exists().where(key_match(table, t, s, conn.dialect.name))
         result = conn.execute(
             sa.insert(t).from_select(names, sa.select(*selected).where(~exists)),
             execution_options={"preserve_rowcount": True},
@@ -138,7 +146,7 @@ def delete_keys(conn: Connection, table: TrackedTable, keys: sa.Table | sa.Subqu
     return conn.execute(
         sa.update(t)
         .where(t.c[DELETED_AT].is_(None))
-        .where(sa.exists().where(key_match(table, t, keys)))
+        .where(sa.exists().where(key_match(table, t, keys, conn.dialect.name)))
         .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
     ).rowcount
 
@@ -154,7 +162,7 @@ def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_t
     statement = (
         sa.update(t)
         .where(t.c[DELETED_AT].is_(None))
-        .where(~sa.exists().where(key_match(table, t, stage)))
+        .where(~sa.exists().where(key_match(table, t, stage, conn.dialect.name)))
         .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
     )
     for column, value in (scope or {}).items():

@@ -24,9 +24,13 @@ _names = itertools.count(1)
 
 
 @contextmanager
-def stage(conn: Connection, hint: str,
-          columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]) -> Iterator[sa.Table]:
-    """A temporary table with ``columns``, dropped when the block ends."""
+def stage(conn: Connection, hint: str, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]],
+          key: Sequence[str] = ()) -> Iterator[sa.Table]:
+    """A temporary table with ``columns``, dropped when the block ends.
+
+    On SQLite, which joins by nested loops, ``key`` columns get an index so
+    that lookups into the stage do not scan it.
+    """
     name = f"_stage_{hint}_{next(_names)}"
     if len(name) > 60:
         digest = hashlib.blake2b(hint.encode(), digest_size=4).hexdigest()
@@ -36,6 +40,8 @@ def stage(conn: Connection, hint: str,
         prefixes=["TEMPORARY"], postgresql_on_commit="DROP",
     )
     table.create(conn)
+    if key and conn.dialect.name == "sqlite":
+        sa.Index(f"{name}_key", *(table.c[k] for k in key)).create(conn)
     yield table
     # On error the transaction rolls back, and the table with it.
     table.drop(conn)

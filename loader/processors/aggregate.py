@@ -138,7 +138,7 @@ class Aggregate:
         return table
 
     def _grouped(self, source: TrackedTable, target: TrackedTable,
-                 groups: sa.Table | None) -> sa.Select[Any]:
+                 groups: sa.Table | None, dialect: str) -> sa.Select[Any]:
         """One row per group: the group columns and the measures."""
         s = source.table
         group_cols = [s.c[c] for c in self.group_by]
@@ -157,15 +157,19 @@ class Aggregate:
             s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null)
         ).group_by(*group_cols)
         if groups is not None:
-            query = query.where(sa.exists().where(key_match(target, s, groups)))
+            # A join, not EXISTS: the few touched groups drive lookups in the source's
+            # index on the group columns.
+            query = query.select_from(s.join(groups, key_match(target, s, groups, dialect)))
         return query
 
     def _stage_groups(self, conn: Connection, stack: ExitStack, target: TrackedTable,
                       groups: sa.Table | None, source: TrackedTable) -> sa.Table:
         columns = [(c.name, sql_type(c.type)) for c in target.all_columns]
-        out = stack.enter_context(bulk.stage(conn, f"{self.name}_groups", columns))
+        out = stack.enter_context(bulk.stage(conn, f"{self.name}_groups", columns,
+                                                key=target.key_names))
         conn.execute(sa.insert(out).from_select([n for n, _ in columns],
-                                                self._grouped(source, target, groups)))
+                                                self._grouped(source, target, groups,
+                                                             conn.dialect.name)))
         return out
 
     def _rebuild_all(self, conn: Connection, ctx: Context, source: TrackedTable,
@@ -191,7 +195,8 @@ class Aggregate:
         key_types = [(k.name, sql_type(k.type)) for k in source.key]
         group_types = [(c, sql_type(source.col(c).type)) for c in self.group_by]
         with ExitStack() as stack:
-            changed = stack.enter_context(bulk.stage(conn, f"{self.name}_changed", key_types))
+            changed = stack.enter_context(bulk.stage(conn, f"{self.name}_changed", key_types,
+                                                           key=source.key_names))
             conn.execute(sa.insert(changed).from_select(
                 list(source.key_names),
                 sa.select(*(s.c[k] for k in source.key_names)).where(
@@ -205,13 +210,14 @@ class Aggregate:
                 sa.select(sa.func.count()).select_from(changed)).scalar_one()
             if not result.rows_read:
                 return
-            groups = stack.enter_context(bulk.stage(conn, f"{self.name}_touched", group_types))
-            by_key = key_match(source, s, changed)
+            groups = stack.enter_context(bulk.stage(conn, f"{self.name}_touched", group_types,
+                                                          key=self.group_by))
+            by_key = key_match(source, s, changed, conn.dialect.name)
             now_in = sa.select(*(s.c[c] for c in self.group_by)).select_from(
                 s.join(changed, by_key)).where(
                 s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
             was_in = sa.select(*(members.c[f"g_{c}"] for c in self.group_by)).select_from(
-                members.join(changed, key_match(source, members, changed)))
+                members.join(changed, key_match(source, members, changed, conn.dialect.name)))
             conn.execute(sa.insert(groups).from_select(list(self.group_by),
                                                        sa.union(now_in, was_in)))
             out = self._stage_groups(conn, stack, target, groups, source)
@@ -220,15 +226,15 @@ class Aggregate:
             counts.deleted = conn.execute(
                 sa.update(t).where(
                     t.c[DELETED_AT].is_(None),
-                    sa.exists().where(key_match(target, t, groups)),
-                    ~sa.exists().where(key_match(target, t, out)),
+                    sa.exists().where(key_match(target, t, groups, conn.dialect.name)),
+                    ~sa.exists().where(key_match(target, t, out, conn.dialect.name)),
                 ).values({DELETED_AT: sa.literal(ctx.run_ts, sa.DateTime()),
                           CHANGED_AT: sa.literal(ctx.run_ts, sa.DateTime())})
             ).rowcount
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(groups)).scalar_one())
             conn.execute(members.delete().where(
-                sa.exists().where(key_match(source, members, changed))))
+                sa.exists().where(key_match(source, members, changed, conn.dialect.name))))
             self._insert_members(conn, source, members, changed)
 
     def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> None:
@@ -236,14 +242,14 @@ class Aggregate:
         s = source.table
         counted = sa.and_(s.c[DELETED_AT].is_(None),
                           *(s.c[c].is_not(None) for c in self.not_null))
-        same_row = key_match(source, members, s)
+        same_row = key_match(source, members, s, conn.dialect.name)
         conn.execute(members.delete().where(~sa.exists().where(same_row, counted)))
         conn.execute(sa.update(members).where(same_row, counted, sa.or_(*(
             members.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
             .values({f"g_{c}": s.c[c] for c in self.group_by}))
         query = sa.select(*(s.c[k] for k in source.key_names),
                           *(s.c[c] for c in self.group_by)).where(
-            counted, ~sa.exists().where(key_match(source, members, s)))
+            counted, ~sa.exists().where(key_match(source, members, s, conn.dialect.name)))
         conn.execute(sa.insert(members).from_select(
             [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
 
@@ -254,7 +260,7 @@ class Aggregate:
                           *(s.c[c] for c in self.group_by)).where(
             s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
         if changed is not None:
-            query = query.where(sa.exists().where(key_match(source, s, changed)))
+            query = query.where(sa.exists().where(key_match(source, s, changed, conn.dialect.name)))
         conn.execute(sa.insert(members).from_select(
             [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
 

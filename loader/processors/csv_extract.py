@@ -291,14 +291,14 @@ class _FileLoad:
                                  else {})
             bulk.analyze(conn, t)
             return counts, self.rejects, read
-        with bulk.stage(conn, f"{x.name}_rows", columns) as staged:
+        with bulk.stage(conn, f"{x.name}_rows", columns, key=x.key) as staged:
             with bulk.writer(conn, staged) as put:
                 read, _ = self._each_row(ctx, records, salt, previous, put, [])
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
         gone = [k for k in previous.values() if k not in self._seen]
         if gone:
             key_types = [(k, sql_type(self.table.col(k).type)) for k in x.key]
-            with bulk.stage(conn, f"{x.name}_gone", key_types) as vanished:
+            with bulk.stage(conn, f"{x.name}_gone", key_types, key=x.key) as vanished:
                 bulk.load(conn, vanished, (self._full_key(k, own_key) for k in gone))
                 counts.deleted = delete_keys(conn, self.table, vanished, ctx.run_ts)
         return counts, self.rejects, read

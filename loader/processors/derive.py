@@ -98,10 +98,12 @@ class Derive:
         key_types = [(k.name, sql_type(k.type)) for k in table.key]
         out_types = [(c.name, sql_type(c.type)) for c in self.outputs]
         with ExitStack() as stack:
-            out = stack.enter_context(bulk.stage(conn, f"{self.name}_out", key_types + out_types))
+            out = stack.enter_context(bulk.stage(conn, f"{self.name}_out", key_types + out_types,
+                                                  key=table.key_names))
             keys = None
             if since is not None:
-                keys = stack.enter_context(bulk.stage(conn, f"{self.name}_keys", key_types))
+                keys = stack.enter_context(bulk.stage(conn, f"{self.name}_keys", key_types,
+                                                       key=table.key_names))
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
             compute = self._compute_sql if self.sql is not None else self._compute_pages

@@ -89,13 +89,15 @@ class Quality:
         key_names = rows.table.key_names
         with ExitStack() as stack:
             findings = stack.enter_context(bulk.stage(conn, f"{self.name}_findings", [
-                ("rule", sa.Text()), ("row_key", sa.Text()), ("detail", sa.Text())]))
+                ("rule", sa.Text()), ("row_key", sa.Text()), ("detail", sa.Text())],
+                key=("row_key", "rule")))
             checked = stack.enter_context(bulk.stage(conn, f"{self.name}_checked",
-                                                     [("row_key", sa.Text())]))
+                                                     [("row_key", sa.Text())], key=("row_key",)))
             keys = None
             if since is not None:
                 key_types = [(k.name, sql_type(k.type)) for k in rows.table.key]
-                keys = stack.enter_context(bulk.stage(conn, f"{self.name}_keys", key_types))
+                keys = stack.enter_context(bulk.stage(conn, f"{self.name}_keys", key_types,
+                                                       key=key_names))
                 conn.execute(sa.insert(keys).from_select(list(key_names),
                                                          rows.changed(since, self.inputs)))
                 gone = conn.execute(rows.deleted_since(since)).all()

@@ -81,7 +81,8 @@ class SqlExtract:
                 names = [c.name for c in (*self.key, *self.columns)]
                 types = [(c.name, sql_type(c.type)) for c in (*self.key, *self.columns)]
                 high = mark.at
-                with bulk.stage(conn, f"{self.name}_rows", types) as staged:
+                with bulk.stage(conn, f"{self.name}_rows", types,
+                                key=[c.name for c in self.key]) as staged:
                     with bulk.writer(conn, staged) as put:
                         for row in self._unique(self._read(engine, url, since)):
                             put([row[n] for n in names])

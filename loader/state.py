@@ -9,6 +9,7 @@ exactly the unconsumed delta.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,3 +62,27 @@ def set_watermark(conn: Connection, processor: str, input_: str, at: datetime,
     if not updated:
         conn.execute(w.insert().values(processor=processor, input=input_, watermark=at,
                                        version=version))
+
+
+def consume_from(conn: Connection, processor: str, inputs: Sequence[str], version: str,
+                 full: bool) -> tuple[datetime | None, dict[str, str | None]]:
+    """Where ``processor`` resumes on ``inputs``: the moment after which it must look
+    (None: at everything, for a full run, a first run or a new version) and its
+    watermarks as text, for the history."""
+    marks = {i: get_watermark(conn, processor, i) for i in inputs}
+    before = {i: _text(w.at) for i, w in marks.items()}
+    if full or not all(w.applies(version) for w in marks.values()):
+        return None, before
+    return min(w.at for w in marks.values() if w.at is not None), before
+
+
+def consumed(conn: Connection, processor: str, inputs: Sequence[str], at: datetime,
+             version: str) -> dict[str, str | None]:
+    """Move ``processor``'s watermarks on ``inputs`` to ``at``; returns them as text."""
+    for input_ in inputs:
+        set_watermark(conn, processor, input_, at, version)
+    return {i: _text(at) for i in inputs}
+
+
+def _text(value: datetime | None) -> str | None:
+    return value.isoformat(sep=" ") if value is not None else None

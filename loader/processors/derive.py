@@ -23,8 +23,8 @@ from loader.coltypes import converter, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import upsert
 from loader.processors._select import Lookup, RowSet
-from loader.processors.base import Context, Result, stamp_text
-from loader.state import get_watermark, set_watermark
+from loader.processors.base import Context, Result
+from loader.state import consume_from, consumed
 from loader.tracking import DELETED_AT, Col, TrackedTable, ensure_table, require_table
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -82,15 +82,11 @@ class Derive:
             rows = RowSet.bind(conn, table.name,
                                [*self.inputs, *(c.name for c in self.outputs)], self.lookups)
             inputs = [self.table, *(lookup.table for lookup in self.lookups)]
-            marks = {i: get_watermark(conn, self.name, i) for i in inputs}
-            result.watermark_before = {i: stamp_text(w.at) for i, w in marks.items()}
-            incremental = not ctx.full and all(w.applies(self.version) for w in marks.values())
-            since = min(w.at for w in marks.values() if w.at is not None) if incremental else None
-            result.details["mode"] = "incremental" if incremental else "all rows"
+            since, result.watermark_before = consume_from(conn, self.name, inputs,
+                                                          self.version, ctx.full)
+            result.details["mode"] = "incremental" if since is not None else "all rows"
             self._recompute(conn, ctx, table, rows, since, result)
-            for input_ in inputs:
-                set_watermark(conn, self.name, input_, ctx.run_ts, self.version)
-            result.watermark_after = {i: stamp_text(ctx.run_ts) for i in inputs}
+            result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)
         return result
 
     def _recompute(self, conn: Connection, ctx: Context, table: TrackedTable, rows: RowSet,

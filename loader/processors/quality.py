@@ -21,8 +21,8 @@ from sqlalchemy.engine import Connection
 from loader import bulk, meta
 from loader.coltypes import sql_type
 from loader.processors._select import Lookup, RowSet
-from loader.processors.base import Context, Result, stamp_text
-from loader.state import get_watermark, set_watermark
+from loader.processors.base import Context, Result
+from loader.state import consume_from, consumed
 
 Check = Callable[[Mapping[str, Any]], str | None]
 
@@ -74,14 +74,10 @@ class Quality:
         with ctx.warehouse.begin() as conn:
             rows = RowSet.bind(conn, self.table, self.inputs, self.lookups)
             inputs = [self.table, *(lookup.table for lookup in self.lookups)]
-            marks = {i: get_watermark(conn, self.name, i) for i in inputs}
-            result.watermark_before = {i: stamp_text(w.at) for i, w in marks.items()}
-            incremental = not ctx.full and all(w.applies(self.version) for w in marks.values())
-            since = min(w.at for w in marks.values() if w.at is not None) if incremental else None
+            since, result.watermark_before = consume_from(conn, self.name, inputs,
+                                                          self.version, ctx.full)
             self._check(conn, ctx, rows, since, result)
-            for input_ in inputs:
-                set_watermark(conn, self.name, input_, ctx.run_ts, self.version)
-            result.watermark_after = {i: stamp_text(ctx.run_ts) for i in inputs}
+            result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)
         return result
 
     def _check(self, conn: Connection, ctx: Context, rows: RowSet, since: datetime | None,

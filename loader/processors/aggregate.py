@@ -206,6 +206,7 @@ class Aggregate:
                              if c not in source.key_names)),
                 ),
             ))
+            bulk.analyze(conn, changed)
             result.rows_read = conn.execute(
                 sa.select(sa.func.count()).select_from(changed)).scalar_one()
             if not result.rows_read:
@@ -220,6 +221,7 @@ class Aggregate:
                 members.join(changed, key_match(source, members, changed, conn.dialect.name)))
             conn.execute(sa.insert(groups).from_select(list(self.group_by),
                                                        sa.union(now_in, was_in)))
+            bulk.analyze(conn, groups)
             out = self._stage_groups(conn, stack, target, groups, source)
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
             t = target.table

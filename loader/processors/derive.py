@@ -102,6 +102,7 @@ class Derive:
                                                        key=table.key_names))
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
+                bulk.analyze(conn, keys)
             compute = self._compute_sql if self.sql is not None else self._compute_pages
             if compute(ctx, rows, keys, out, result):
                 names = [c.name for c in self.outputs]

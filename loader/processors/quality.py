@@ -96,6 +96,7 @@ class Quality:
                                                        key=key_names))
                 conn.execute(sa.insert(keys).from_select(list(key_names),
                                                          rows.changed(since, self.inputs)))
+                bulk.analyze(conn, keys)
                 gone = conn.execute(rows.deleted_since(since)).all()
                 bulk.load(conn, checked, ([default_row_key(k)] for k in gone))
             for page in rows.pages(keys, self.page):

@@ -544,11 +544,11 @@ def code_state() -> str:
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  check=True, timeout=60).stdout.strip()
+                                  check=True, timeout=60).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
     changed = [line[3:] for line in git("status", "--porcelain", "--", "loader", "flows")
                .splitlines() if line.strip()]
     if not changed:
@@ -686,6 +686,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             pg.dispose()
         release_redis(args.redis)
         shutil.rmtree(work, ignore_errors=True)
+    at_end = code_state()
+    if at_end != versions["code"]:
+        bench.notes.append(f"The loader's code changed during the run; at the end: {at_end}.")
     bench.notes.append("Load average (1, 5, 15 min) at the start: "
                        + ", ".join(f"{x:.1f}" for x in bench_load) + "; at the end: "
                        + ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -57,12 +57,18 @@ def key_match(table: TrackedTable, a: sa.Table | sa.Subquery, b: sa.Table | sa.S
         right: sa.ColumnElement[Any] = b.c[column.name]
         if not table.nullable_key:
             terms.append(left == right)
-        elif dialect == "sqlite":
-            terms.append(left.is_not_distinct_from(right))
         else:
-            sentinel = sa.literal(_SENTINELS.get(column.type, -(10**30)), left.type)
-            terms.append(sa.func.coalesce(left, sentinel) == sa.func.coalesce(right, sentinel))
+            terms.append(null_safe_equal(left, right, column.type, dialect))
     return sa.and_(*terms)
+
+
+def null_safe_equal(left: sa.ColumnElement[Any], right: sa.ColumnElement[Any], type_name: str,
+                    dialect: str) -> sa.ColumnElement[bool]:
+    """``left`` equals ``right`` with NULL equal to NULL, in the dialect's fast form."""
+    if dialect == "sqlite":
+        return left.is_not_distinct_from(right)
+    sentinel = sa.literal(_SENTINELS.get(type_name, -(10**30)), left.type)
+    return sa.func.coalesce(left, sentinel) == sa.func.coalesce(right, sentinel)
 
 
 def _ts(value: datetime) -> sa.BindParameter[datetime]:

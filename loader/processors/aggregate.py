@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from loader import bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
-from loader.merge import delete_missing, key_match, upsert
+from loader.merge import delete_missing, key_match, null_safe_equal, upsert
 from loader.processors.base import Context, Result, stamp_text
 from loader.state import get_watermark, set_watermark
 from loader.tracking import (
@@ -138,7 +138,8 @@ class Aggregate:
         return table
 
     def _grouped(self, source: TrackedTable, target: TrackedTable,
-                 groups: sa.Table | None, dialect: str) -> sa.Select[Any]:
+                 groups: sa.Table | None, dialect: str,
+                 with_nulls: frozenset[str] = frozenset()) -> sa.Select[Any]:
         """One row per group: the group columns and the measures."""
         s = source.table
         group_cols = [s.c[c] for c in self.group_by]
@@ -158,8 +159,13 @@ class Aggregate:
         ).group_by(*group_cols)
         if groups is not None:
             # A join, not EXISTS: the few touched groups drive lookups in the source's
-            # index on the group columns.
-            query = query.select_from(s.join(groups, key_match(target, s, groups, dialect)))
+            # index on the group columns, which plain equality can use; the NULL-safe
+            # form is kept for the columns where a touched group is NULL.
+            match = sa.and_(*(
+                null_safe_equal(s.c[c], groups.c[c], source.col(c).type, dialect)
+                if c in with_nulls else s.c[c] == groups.c[c]
+                for c in self.group_by))
+            query = query.select_from(s.join(groups, match))
         return query
 
     def _stage_groups(self, conn: Connection, stack: ExitStack, target: TrackedTable,
@@ -167,9 +173,14 @@ class Aggregate:
         columns = [(c.name, sql_type(c.type)) for c in target.all_columns]
         out = stack.enter_context(bulk.stage(conn, f"{self.name}_groups", columns,
                                                 key=target.key_names))
-        conn.execute(sa.insert(out).from_select([n for n, _ in columns],
-                                                self._grouped(source, target, groups,
-                                                             conn.dialect.name)))
+        with_nulls: frozenset[str] = frozenset()
+        if groups is not None:
+            nulls = conn.execute(sa.select(*(
+                sa.func.count() - sa.func.count(groups.c[c]) for c in self.group_by))).one()
+            with_nulls = frozenset(c for c, n in zip(self.group_by, nulls, strict=True) if n)
+        conn.execute(sa.insert(out).from_select(
+            [n for n, _ in columns],
+            self._grouped(source, target, groups, conn.dialect.name, with_nulls)))
         return out
 
     def _rebuild_all(self, conn: Connection, ctx: Context, source: TrackedTable,

@@ -146,10 +146,6 @@ def build(flow_stages: Sequence[Sequence[Processor]], *, run: dict[str, Any],
     return chain(*parts) if len(parts) > 1 else parts[0]
 
 
-def provided_before(flow_stages: Sequence[Sequence[Processor]], index: int) -> set[str]:
-    return {p for stage in flow_stages[:index] for proc in stage for p in proc.provides}
-
-
 def problems(flow: Flow) -> list[str]:
     """Every read that no earlier stage provides, as a message naming task and column."""
     flow_stages = flow.stages

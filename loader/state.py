@@ -70,7 +70,7 @@ def consume_from(conn: Connection, processor: str, inputs: Sequence[str], versio
     (None: at everything, for a full run, a first run or a new version) and its
     watermarks as text, for the history."""
     marks = {i: get_watermark(conn, processor, i) for i in inputs}
-    before = {i: _text(w.at) for i, w in marks.items()}
+    before = {i: stamp_text(w.at) for i, w in marks.items()}
     if full or not all(w.applies(version) for w in marks.values()):
         return None, before
     return min(w.at for w in marks.values() if w.at is not None), before
@@ -81,8 +81,9 @@ def consumed(conn: Connection, processor: str, inputs: Sequence[str], at: dateti
     """Move ``processor``'s watermarks on ``inputs`` to ``at``; returns them as text."""
     for input_ in inputs:
         set_watermark(conn, processor, input_, at, version)
-    return {i: _text(at) for i in inputs}
+    return {i: stamp_text(at) for i in inputs}
 
 
-def _text(value: datetime | None) -> str | None:
+def stamp_text(value: datetime | None) -> str | None:
+    """A run timestamp as history records it."""
     return value.isoformat(sep=" ") if value is not None else None

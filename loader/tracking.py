@@ -298,6 +298,3 @@ def create_view(conn: Connection, table: TrackedTable) -> None:
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
         conn.exec_driver_sql(f"CREATE VIEW {view} AS {body}")
 
-
-def live(table: sa.Table) -> sa.ColumnElement[bool]:
-    return table.c[DELETED_AT].is_(None)

@@ -20,8 +20,8 @@ from loader import bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import delete_missing, key_match, null_safe_equal, upsert
-from loader.processors.base import Context, Result, stamp_text
-from loader.state import get_watermark, set_watermark
+from loader.processors.base import Context, Result
+from loader.state import consume_from, consumed
 from loader.tracking import (
     CHANGED_AT,
     DELETED_AT,
@@ -116,15 +116,14 @@ class Aggregate:
                                                      indexes=(self.group_by,)),
                                   run_id=ctx.run_id, now=ctx.run_ts)
             members = self._members(conn, source)
-            mark = get_watermark(conn, self.name, self.source)
-            result.watermark_before = {self.source: stamp_text(mark.at)}
-            if ctx.full or not mark.applies(self.version):
+            since, result.watermark_before = consume_from(conn, self.name, [self.source],
+                                                          self.version, ctx.full)
+            if since is None:
                 self._rebuild_all(conn, ctx, source, target, members, result)
             else:
-                assert mark.at is not None
-                self._rebuild_touched(conn, ctx, source, target, members, mark.at, result)
-            set_watermark(conn, self.name, self.source, ctx.run_ts, self.version)
-            result.watermark_after = {self.source: stamp_text(ctx.run_ts)}
+                self._rebuild_touched(conn, ctx, source, target, members, since, result)
+            result.watermark_after = consumed(conn, self.name, [self.source], ctx.run_ts,
+                                              self.version)
         return result
 
     def _members(self, conn: Connection, source: TrackedTable) -> sa.Table:

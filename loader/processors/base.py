@@ -96,6 +96,3 @@ class Processor(Protocol):
 
     def run(self, ctx: Context) -> Result: ...
 
-
-def stamp_text(value: datetime | None) -> str | None:
-    return value.isoformat(sep=" ") if value is not None else None

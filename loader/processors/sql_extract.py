@@ -21,9 +21,9 @@ from loader import bulk
 from loader.coltypes import sql_type, to_decimal
 from loader.errors import SourceError
 from loader.merge import delete_missing, upsert
-from loader.processors.base import Context, Result, stamp_text
+from loader.processors.base import Context, Result
 from loader.sources.csvfile import parse_timestamp
-from loader.state import get_watermark, set_watermark
+from loader.state import get_watermark, set_watermark, stamp_text
 from loader.tracking import Col, TrackedTable, ensure_table
 from loader.warehouse import mask_url, postgresql_engine
 

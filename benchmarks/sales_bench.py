@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -53,7 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -62,6 +61,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks._workers import workers
 from loader.salesdata import Scale, change_segments, correct_fx, edit_sales, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,6 @@ DEFAULT_REDIS = os.environ.get("LOADER_BENCH_REDIS_URL", "redis://127.0.0.1:6379
 DIALECTS = ("postgresql", "sqlite")
 FRACTIONS = (0.001, 0.01, 0.1)
 WORKER_COUNTS = (1, 2)
-WORKER_START_TIMEOUT = 180.0
 NIGHTLY, REFRESH = "sales.nightly", "sales.refresh"
 DIALECT_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 
@@ -341,42 +340,6 @@ def run_phase(bench: Bench, dialect: str, rep: int, phase: str, flow: str, data:
     log(f"  {phase}: {sample.seconds:.2f} s  x{sample.seconds / base.seconds:.2f} of baseline"
         f"  ({_mib(rss)} MiB)")
     return sample
-
-
-@contextlib.contextmanager
-def workers(environ: Mapping[str, str], count: int, logs: Path) -> Iterator[list[int]]:
-    """``count`` ``loader worker --concurrency 1`` processes, ready; stopped afterwards."""
-    started: list[tuple[subprocess.Popen[bytes], Path]] = []
-    tag = uuid.uuid4().hex[:6]
-    try:
-        for n in range(count):
-            log_file = logs / f"worker-{tag}-{n}.log"
-            with log_file.open("wb") as out:
-                process = subprocess.Popen(
-                    [LOADER, "worker", "--concurrency", "1", "-n", f"w{n}-{tag}@%h",
-                     "--without-mingle", "--without-gossip"],
-                    env=dict(environ), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                    start_new_session=True)
-            started.append((process, log_file))
-        ready = re.compile(rf"w\d+-{tag}@\S+ ready\.")
-        for process, log_file in started:
-            deadline = time.monotonic() + WORKER_START_TIMEOUT
-            while not ready.search(log_file.read_text(errors="replace")):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("a worker did not start:\n"
-                                       + log_file.read_text(errors="replace")[-3000:])
-                time.sleep(0.1)
-        yield [process.pid for process, _ in started]
-    finally:
-        for process, _ in started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process, _ in started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _dt(value: Any) -> datetime:

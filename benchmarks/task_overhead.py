@@ -30,8 +30,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
+from benchmarks._workers import workers
 from loader.salesdata import Scale, generate, sales_files
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -145,40 +144,6 @@ def schema(url: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
         admin.dispose()
-
-
-@contextlib.contextmanager
-def workers(environ: Mapping[str, str], count: int, logs: Path) -> Iterator[None]:
-    """``count`` workers of concurrency 1, ready, stopped afterwards (TERM, then KILL)."""
-    started = []
-    try:
-        for n in range(count):
-            log = logs / f"worker{n}-{uuid.uuid4().hex[:6]}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [LOADER, "worker", "--concurrency", "1", "-n", f"bench{n}@%h",
-                     "--without-mingle", "--without-gossip"],
-                    env=dict(environ), stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-            started.append((process, log))
-        for n, (process, log) in enumerate(started):
-            ready = f"bench{n}@{socket.gethostname()} ready."
-            deadline = time.monotonic() + 60
-            while ready not in log.read_text(errors="replace"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.1)
-        yield
-    finally:
-        for process, _ in started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process, _ in started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def run(environ: Mapping[str, str], flow: str, params: Mapping[str, str], url: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,3 +24,66 @@ def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(sql) as copy:
         yield copy.write_row
+
+
+@contextmanager
+def text_writer(conn: Connection, table: str,
+                columns: Sequence[str]) -> Iterator[Callable[[str], None]]:
+    """A function that sends lines already in COPY's text format to ``table``'s ``columns``."""
+    preparer = conn.dialect.identifier_preparer
+    sql = (f"COPY {preparer.quote(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
+           "FROM STDIN")
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(sql) as copy:
+        yield copy.write
+
+
+@contextmanager
+def filled_by_default(conn: Connection, table: str, columns: Sequence[str],
+                      value: datetime) -> Iterator[None]:
+    """Give ``table``'s timestamp ``columns`` the constant ``value`` as default in the block.
+
+    A bulk load that writes the same value into many columns of every row leaves them out
+    of its COPY instead, which spares the server from reading each of them per row. The
+    defaults are dropped again in the same transaction (on error, the rollback drops them).
+    """
+    preparer = conn.dialect.identifier_preparer
+    name = preparer.quote(table)
+    # DDL takes no parameters; an isoformat text holds nothing that needs quoting.
+    literal = f"'{value.isoformat(' ')}'::timestamp"
+    conn.exec_driver_sql(f"ALTER TABLE {name} " + ", ".join(
+        f"ALTER COLUMN {preparer.quote(c)} SET DEFAULT {literal}" for c in columns))
+    yield
+    conn.exec_driver_sql(f"ALTER TABLE {name} " + ", ".join(
+        f"ALTER COLUMN {preparer.quote(c)} DROP DEFAULT" for c in columns))
+
+
+@contextmanager
+def indexes_built_after(conn: Connection, table: str) -> Iterator[None]:
+    """Drop ``table``'s indexes (and key constraints) for the block, then build them again.
+
+    Building an index over a freshly loaded table is several times faster than keeping it
+    up to date row by row. Everything happens in the caller's transaction.
+    """
+    preparer = conn.dialect.identifier_preparer
+    name = preparer.quote(table)
+    found = conn.execute(sa.text(
+        "SELECT x.indexrelid::regclass::text AS index, pg_get_indexdef(x.indexrelid) AS ddl,"
+        " c.conname AS constraint, pg_get_constraintdef(c.oid) AS definition"
+        " FROM pg_index x LEFT JOIN pg_constraint c"
+        " ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid AND c.contype IN ('p', 'u')"
+        " WHERE x.indrelid = to_regclass(:t)"), {"t": name}).all()
+    for row in found:
+        if row.constraint is not None:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {name} DROP CONSTRAINT {preparer.quote(row.constraint)}")
+        else:
+            conn.exec_driver_sql(f"DROP INDEX {row.index}")
+    yield
+    for row in found:
+        if row.constraint is not None:
+            conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT "
+                                 f"{preparer.quote(row.constraint)} {row.definition}")
+        else:
+            conn.exec_driver_sql(row.ddl)

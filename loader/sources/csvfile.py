@@ -20,8 +20,10 @@ from pathlib import Path
 from dateutil.parser import isoparse
 
 __all__ = [
+    "CopyText",
     "CsvFormatError",
     "Record",
+    "copy_text_of",
     "iter_records",
     "parse_code",
     "parse_date",
@@ -135,50 +137,82 @@ def _split_quoted(text: str) -> list[str]:
     return [field.strip() for field in row]
 
 
+_BLOCK = 1 << 22
+
+
+def _blocks(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """The file as decoded blocks of whole lines: (lines before the block, text, last).
+
+    A block ends just after a line feed, except the last one, which holds whatever
+    follows the final line feed (possibly nothing). Raises CsvFormatError naming the
+    line when the file is not valid UTF-8.
+    """
+    with path.open("rb") as stream:
+        carry = stream.read(len(_BOM))
+        if carry == _BOM:
+            carry = b""
+        before = 0
+        while True:
+            block = stream.read(_BLOCK)
+            data = carry + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                data, carry = data[:cut], data[cut:]
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = before + data.count(b"\n", 0, exc.start) + 1
+                raise CsvFormatError(path, line, "not valid UTF-8") from exc
+            yield before, text, not block
+            if not block:
+                return
+            before += text.count("\n")
+
+
 def iter_raw(path: Path) -> Iterator[tuple[int, str]]:
     """Yield each record of a UTF-8 CSV file as (starting line, raw text), skipping blank lines.
 
-    A record continues onto the next line while it holds an odd number of quotes; an
+    Lines end at a line feed; one carriage return before it belongs to the line end. A
+    record continues onto the next line while it holds an odd number of quotes; an
     unterminated quote at the end of the file yields the rest of the file as one record.
     Raises CsvFormatError naming the line when the file is not valid UTF-8.
     """
-    with path.open("rb") as stream:
-        if stream.read(len(_BOM)) != _BOM:
-            stream.seek(0)
-        pending: list[str] = []
-        start = 0
-        lineno = 0
-        for data in stream:
+    pending: list[str] = []
+    start = lineno = 0
+    for before, text, last in _blocks(path):
+        lines = text.split("\n")
+        # Every piece but the last ended with a line feed. The last piece is empty, or
+        # (in the last block only) a final line without a line feed.
+        tail = lines.pop()
+        lineno = before
+        for line in lines:
             lineno += 1
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise CsvFormatError(path, lineno, "not valid UTF-8") from exc
             if pending:
-                pending.append(line)
+                pending.append(line + "\n")
                 if not _inside_quotes(line, True):
-                    text = _without_line_end("".join(pending))
+                    yield start, _without_line_end("".join(pending))
                     pending = []
-                    yield start, text
                 continue
             if '"' in line:
                 if _inside_quotes(line, False):
-                    pending = [line]
+                    pending = [line + "\n"]
                     start = lineno
                     continue
-                yield lineno, _without_line_end(line)
+                yield lineno, line[:-1] if line.endswith("\r") else line
                 continue
-            if line.endswith("\r\n"):
-                text = line[:-2]
-            elif line.endswith("\n"):
-                text = line[:-1]
-            else:
-                text = line
-            if not text or text.isspace():
+            if line.endswith("\r"):
+                line = line[:-1]
+            if not line or line.isspace():
                 continue
-            yield lineno, text
-        if pending:
-            yield start, _without_line_end("".join(pending))
+            yield lineno, line
+        if last:
+            if pending:
+                yield start, _without_line_end("".join(pending) + tail)
+            elif tail and ('"' in tail or not tail.isspace()):
+                yield lineno + 1, tail
 
 
 def split_fields(text: str) -> list[str]:
@@ -209,18 +243,6 @@ def record_hash(raw: str, salt: bytes) -> int:
     """
     digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8, key=salt).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def record_hasher(salt: bytes) -> Callable[[str], int]:
-    """``record_hash`` with ``salt`` bound, preparing the keyed hash once."""
-    prepared = hashlib.blake2b(digest_size=8, key=salt)
-
-    def hash_record(raw: str) -> int:
-        hasher = prepared.copy()
-        hasher.update(raw.encode("utf-8"))
-        return int.from_bytes(hasher.digest(), "big", signed=True)
-
-    return hash_record
 
 
 # The forms that datetime.fromisoformat reads exactly as isoparse does, with the zone (if any)
@@ -287,11 +309,66 @@ _INT = re.compile(r"[+-]?[0-9]+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
+@dataclass(frozen=True, slots=True)
+class CopyText:
+    """Text that a parser accepts and PostgreSQL reads, as it is, to the parser's value.
+
+    ``pattern`` is a regular expression without capturing groups that matches only such
+    text; ``accepts(type_name)`` tells for which column types that holds. A timestamp's
+    ``zone`` pattern may follow it: PostgreSQL's ``timestamp`` input ignores a zone, so the
+    loader converts zoned text to UTC itself. Text the pattern does not match is parsed in
+    Python as usual; the pattern only lets the common shapes skip that work.
+    """
+
+    pattern: str
+    accepts: Callable[[str], bool]
+    zone: str | None = None
+
+
+# Only dates that exist: day 29 of February is left to the parser.
+_DATE_TEXT = (r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+              r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)")
+_TIME_TEXT = r"(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+_ZONE_TEXT = r"Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9]"
+# Fifteen digits before the point fit every decimal:N column with N up to 13.
+_DECIMAL_DIGITS = 15
+
+
+def copy_text_of(parse: Callable[[str], object] | None) -> CopyText | None:
+    """The ``CopyText`` of one of this module's parsers (None: plain text), else None."""
+    if parse is None:
+        return _PLAIN_TEXT
+    form = getattr(parse, "copy_text", None)
+    return form if isinstance(form, CopyText) else None
+
+
+def _any_type(_: str) -> bool:
+    return True
+
+
+def _decimal_column(places: int) -> Callable[[str], bool]:
+    def accepts(type_name: str) -> bool:
+        if type_name == "decimal":
+            return True
+        found = re.fullmatch(r"decimal:([0-9]+)", type_name)
+        return found is not None and int(found.group(1)) <= 28 - _DECIMAL_DIGITS
+    return accepts
+
+
+# What ``str.strip`` leaves: no white space at either end. Quotes, commas, backslashes and
+# line ends (which COPY's text format would need escaped) are left to the slow path.
+_PLAIN_TEXT = CopyText(r'[^\s",\\\x00](?:[^",\\\t\r\n\x00]*[^\s",\\\x00])?', _any_type)
+
+
 def parse_int(text: str) -> int:
     """Parse a plain ASCII integer such as ``-42``; no spaces, underscores or decimals."""
     if _INT.fullmatch(text) is None:
         raise ValueError(f"not an integer: {text!r}")
     return int(text)
+
+
+# At most 18 digits: always inside a 64-bit integer.
+parse_int.copy_text = CopyText(r"[+-]?[0-9]{1,18}", lambda t: t == "integer")  # type: ignore[attr-defined]
 
 
 def parse_decimal(places: int) -> Callable[[str], Decimal]:
@@ -307,6 +384,9 @@ def parse_decimal(places: int) -> Callable[[str], Decimal]:
             raise ValueError(f"not a decimal with at most {places} places: {text!r}")
         return Decimal(text)
 
+    fraction_text = rf"(?:\.[0-9]{{1,{places}}})?" if places else ""
+    parse.copy_text = CopyText(  # type: ignore[attr-defined]
+        rf"[+-]?[0-9]{{1,{_DECIMAL_DIGITS}}}{fraction_text}", _decimal_column(places))
     return parse
 
 
@@ -322,6 +402,7 @@ def parse_code(length: int) -> Callable[[str], str]:
             raise ValueError(f"not a code of {length} letters: {text!r}")
         return text.upper()
 
+    parse.copy_text = CopyText(rf"[A-Z]{{{length}}}", _any_type)  # type: ignore[attr-defined]
     return parse
 
 
@@ -330,6 +411,11 @@ def parse_date(text: str) -> date:
     if _DATE.fullmatch(text) is None:
         raise ValueError(f"not a date (YYYY-MM-DD): {text!r}")
     return date.fromisoformat(text)
+
+
+parse_date.copy_text = CopyText(_DATE_TEXT, lambda t: t == "date")  # type: ignore[attr-defined]
+parse_timestamp.copy_text = CopyText(  # type: ignore[attr-defined]
+    rf"{_DATE_TEXT}(?:[T ]{_TIME_TEXT})?", lambda t: t == "timestamp", zone=_ZONE_TEXT)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")

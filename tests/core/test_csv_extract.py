@@ -366,3 +366,37 @@ def test_an_extra_column_spelled_in_another_case_by_another_file_keeps_its_value
         assert notes == {("east", "1"): "hello", ("west", "1"): "world"}
     else:
         assert WEST in (outcome.error or "") and "note" in (outcome.error or "")
+
+
+@pytest.mark.postgres
+def test_a_first_load_on_postgresql_leaves_indexes_and_no_defaults(pg_url: str,
+                                                                  tmp_path: Path) -> None:
+    """The first load builds the indexes after its COPY and fills the stamps through
+    temporary defaults: afterwards the key is enforced, every index exists again, no
+    column has a default, and every stamp is the run's timestamp."""
+    wh = Warehouse(pg_url)
+    try:
+        shop = sample_shop(tmp_path)
+        assert load(wh, shop).status == "succeeded"
+        with wh.begin() as conn:
+            indexes = set(conn.execute(sa.text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'orders_tracked'"
+                " AND schemaname = current_schema()")).scalars())
+            defaults = conn.execute(sa.text(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
+                " current_schema() AND table_name = 'orders_tracked'"
+                " AND column_default IS NOT NULL")).scalar_one()
+            run_ts = conn.execute(sa.text("SELECT max(run_ts) FROM loader_runs")).scalar()
+            stamps = set(conn.execute(sa.text(
+                "SELECT DISTINCT unnest(ARRAY[_changed_at_qty, _changed_at_price,"
+                " _changed_at_cust, _changed_at, _live_since]) FROM orders_tracked")).scalars())
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text(
+                    "INSERT INTO orders_tracked (shop, id, _changed_at, _live_since)"
+                    " SELECT shop, id, _changed_at, _live_since FROM orders_tracked"
+                    " LIMIT 1"))
+        assert indexes == {"orders_tracked_pkey", "ix_orders_changed"}
+        assert defaults == 0
+        assert stamps == {run_ts}
+    finally:
+        wh.dispose()

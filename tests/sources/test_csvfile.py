@@ -420,3 +420,20 @@ def test_validate_identifier_rejects_unsafe_names(name: str) -> None:
         f"column name {name!r} is not allowed: use letters, digits and _ "
         "(starting with a letter, at most 48 characters)"
     )
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.sampled_from(["a", "b", ",", '"', "\n", "\r", " ", "é", "\r\n"]),
+                     max_size=40).map("".join),
+       bom=st.booleans(), block=st.integers(1, 8))
+def test_records_do_not_depend_on_the_read_size(tmp_path: Path, text: str, bom: bool,
+                                                block: int, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """Reading in blocks of a few bytes finds the same records as one block for the file."""
+    path = tmp_path / "f.csv"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    whole = list(csvfile.iter_raw(path))
+    with monkeypatch.context() as patch:
+        patch.setattr(csvfile, "_BLOCK", block)
+        assert list(csvfile.iter_raw(path)) == whole

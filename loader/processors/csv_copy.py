@@ -1,0 +1,161 @@
+"""Records of a CSV file as lines of PostgreSQL's COPY text format.
+
+Most records of a real file have one shape: no quotes, each field already in a form
+that PostgreSQL reads to the value the field's parser would give. ``RowPattern``
+matches such a record with one regular expression and passes its fields through as
+text, so the server does the conversion in C; every other record (quoted, padded,
+unusual, bad) is parsed field by field in Python and formatted with ``copy_text``.
+Either way the stored values are the parsers' values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from operator import itemgetter
+from typing import Any
+
+from loader.sources.csvfile import copy_text_of
+
+NULL = "\\N"
+_SPECIAL = re.compile(r"[\\\t\n\r]")
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape(text: str) -> str:
+    """``text`` as one field of COPY's text format."""
+    if _SPECIAL.search(text) is None:
+        return text
+    return _SPECIAL.sub(lambda m: _ESCAPES[m.group()], text)
+
+
+def copy_text(value: Any) -> str:
+    """A parsed value as one field of COPY's text format, as psycopg would send it."""
+    if value is None:
+        return NULL
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return value.isoformat(" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return escape(str(value))
+
+
+class NotFast(Exception):
+    """A record that matched the pattern but still needs the parsers (rare)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One field of the file as the fast path sees it."""
+
+    name: str
+    parse: Any
+    type: str
+    nullable: bool
+    key: bool
+
+
+class RowPattern:
+    """One regular expression for a whole plain record; None from ``build`` if unusable.
+
+    ``fields(raw)`` returns the COPY text of the record's fields in ``order`` (names of
+    the header), or None when the record has another shape.
+    """
+
+    def __init__(self, regex: re.Pattern[str], order: list[int],
+                 zones: list[tuple[int, int]]) -> None:
+        self._match = regex.fullmatch
+        self._pick = itemgetter(*order) if len(order) > 1 else (lambda g: (g[order[0]],))
+        self._zones = zones
+        self._utc: dict[str, str] = {}
+
+    @classmethod
+    def build(cls, header: Sequence[str], columns: dict[str, Column],
+              order: Sequence[str]) -> RowPattern | None:
+        """The pattern for a file with ``header``; ``columns`` by header name.
+
+        Header names missing from ``columns`` are plain nullable text (extra columns).
+        None when a field's parser has no COPY text form for its column type, or a key
+        field needs its parser to compare keys (only plain text keys compare as text).
+        """
+        parts: list[str] = []
+        group_of: dict[str, int] = {}
+        zones: list[tuple[int, int]] = []
+        groups = 0
+        for name in header:
+            column = columns.get(name)
+            form = copy_text_of(column.parse if column else None)
+            if form is None or (column is not None and not form.accepts(column.type)):
+                return None
+            if column is not None and column.key and column.parse is not None:
+                return None
+            optional = "" if column is not None and (column.key or not column.nullable) else "?"
+            group_of[name] = groups
+            groups += 1
+            if form.zone is None:
+                parts.append(f"({form.pattern}){optional}")
+            else:
+                parts.append(f"(?:({form.pattern})({form.zone})?){optional}")
+                zones.append((groups - 1, groups))
+                groups += 1
+        regex = re.compile(",".join(parts))
+        return cls(regex, [group_of[name] for name in order], zones)
+
+    def fields(self, raw: str) -> tuple[str, ...] | None:
+        found = self._match(raw)
+        if found is None:
+            return None
+        values = found.groups(NULL)
+        if not self._zones:
+            return self._pick(values)
+        changed = None
+        utc = self._utc
+        for local_at, zone_at in self._zones:
+            zone = values[zone_at]
+            if zone is NULL:
+                continue
+            local = values[local_at]
+            if len(local) == 10:
+                raise NotFast(local)  # a zone needs a time of day
+            if zone == "Z":
+                continue
+            if changed is None:
+                changed = list(values)
+            if zone[4:] == "00":
+                # Whole hours: the date and hour of the result depend only on the date
+                # and hour of the input, so they are cached; minutes and seconds stay.
+                head = local[:13] + zone
+                converted = utc.get(head)
+                if converted is None:
+                    converted = utc[head] = self._shifted(local, -int(zone[:3]))
+                changed[local_at] = converted + local[13:]
+            else:
+                changed[local_at] = self._in_minutes(local, zone)
+        return self._pick(values if changed is None else changed)
+
+    def _shifted(self, local: str, hours: int) -> str:
+        """The date and hour (``YYYY-MM-DD HH``) of ``local`` moved by ``hours``."""
+        if len(self._utc) > 100_000:
+            self._utc.clear()
+        try:
+            moment = datetime.fromisoformat(local[:13] + ":00") + timedelta(hours=hours)
+        except (ValueError, OverflowError):
+            raise NotFast(local) from None
+        return moment.isoformat(" ")[:13]
+
+    def _in_minutes(self, local: str, zone: str) -> str:
+        """``local`` in UTC for a zone whose offset has minutes besides hours."""
+        sign = 1 if zone[0] == "+" else -1
+        carry, minute = divmod(int(local[14:16]) - sign * int(zone[4:6]), 60)
+        hours = carry - sign * int(zone[1:3])
+        head = f"{local[:13]}{hours:+d}"
+        converted = self._utc.get(head)
+        if converted is None:
+            converted = self._utc[head] = self._shifted(local, hours)
+        return f"{converted}:{minute:02d}{local[16:]}"

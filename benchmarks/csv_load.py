@@ -463,6 +463,7 @@ class PhaseTimer:
                 patched(csv_extract, "delete_keys", self.timer(GONE)), \
                 patched(loader.bulk, "stage", self.stage_timer), \
                 patched(loader.bulk, "writer", self.writer_timer), \
+                patched(csv_extract.pg_bulk, "text_writer", self.writer_timer), \
                 patched(csv_extract._FileLoad, "load", self.load_timer):
             yield
 
@@ -537,15 +538,14 @@ def profile_first_load(db: Database, data_dir: Path, memory: Memory) -> tuple[fl
         ("run_sequence (whole run)", "execute.py", "run_sequence"),
         ("CsvSnapshot._load_file", "csv_extract.py", "_load_file"),
         ("_FileLoad.load", "csv_extract.py", "load"),
-        ("  previous hashes (SELECT + dict)", "csv_extract.py", "<dictcomp>"),
-        ("  iter_records (read, decode, split)", "csvfile.py", "iter_records"),
-        ("  record_hash (blake2b per record)", "csvfile.py", "record_hash"),
-        ("  _parse (field parsers)", "csv_extract.py", "_parse"),
-        ("    parse_timestamp", "csvfile.py", "parse_timestamp"),
-        ("    parse_int", "csvfile.py", "parse_int"),
-        ("    parse decimal", "csvfile.py", "parse"),
-        ("  _FileLoad._row (row assembly)", "csv_extract.py", "_row"),
-        ("  Copy.write_row (psycopg COPY)", "copy.py", "write_row"),
+        ("  previous hashes (SELECT + dict)", "csv_extract.py", "_stored_hashes"),
+        ("  _each_row (hash, match, emit; self time is the loop)", "csv_extract.py",
+         "_each_row"),
+        ("  iter_raw (read blocks, decode, split lines)", "csvfile.py", "iter_raw"),
+        ("  RowPattern.fields (one regex per plain record)", "csv_copy.py", "fields"),
+        ("  _parse (field parsers, other records)", "csv_extract.py", "_parse"),
+        ("  emit (COPY text lines)", "csv_extract.py", "emit"),
+        ("  Copy.write (psycopg COPY)", "copy.py", "write"),
         ("  upsert (merge SQL)", "merge.py", "upsert"),
         ("ensure_table", "tracking.py", "ensure_table"),
         ("_file_digest", "csv_extract.py", "_file_digest"),

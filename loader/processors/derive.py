@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
+from loader.bulk import postgresql as pg_bulk
 from loader.coltypes import converter, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import upsert
@@ -28,6 +29,10 @@ from loader.state import consume_from, consumed
 from loader.tracking import DELETED_AT, Col, TrackedTable, ensure_table, require_table
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+# A derive that writes at least this many rows, and this share of the rows it read,
+# rebuilds the table's indexes after writing (PostgreSQL).
+REWRITE_AT_LEAST = 50_000
+REWRITE_SHARE = 0.25
 Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
 
 
@@ -104,9 +109,16 @@ class Derive:
                     list(table.key_names), rows.changed(since, self.inputs)))
                 bulk.analyze(conn, keys)
             compute = self._compute_sql if self.sql is not None else self._compute_pages
-            if compute(ctx, rows, keys, out, result):
+            staged = compute(ctx, rows, keys, out, result)
+            if staged:
                 names = [c.name for c in self.outputs]
-                counts = upsert(conn, table, out, names, ctx.run_ts, insert=False)
+                with ExitStack() as rewrite:
+                    if conn.dialect.name == "postgresql" and staged >= max(
+                            REWRITE_AT_LEAST, result.rows_read * REWRITE_SHARE):
+                        # Most rows get new versions: building each index once afterwards
+                        # is cheaper than adding every new version to every index.
+                        rewrite.enter_context(pg_bulk.indexes_built_after(conn, table.physical))
+                    counts = upsert(conn, table, out, names, ctx.run_ts, insert=False)
                 result.updated = counts.updated
                 result.count_changes(table.name, counts.changes)
 

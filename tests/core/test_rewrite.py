@@ -1,0 +1,67 @@
+"""A derive that rewrites most of a table on PostgreSQL builds the indexes afterwards.
+
+The thresholds are lowered so that the small shop takes that path; a second warehouse
+takes the ordinary path, and both must show the same outputs and keep the same indexes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import pg_schema_url
+
+from loader import Warehouse
+from loader.processors import derive
+
+from .shop import outputs, sample_shop
+
+pytestmark = pytest.mark.postgres
+
+
+def indexes(wh: Warehouse) -> set[tuple[str, str]]:
+    with wh.begin() as conn:
+        return {(r[0], r[1].split(" ON ", 1)[1].split(" USING ")[1]) for r in conn.execute(
+            sa.text("SELECT indexname, indexdef FROM pg_indexes"
+                    " WHERE schemaname = current_schema()"))}
+
+
+def test_the_rewrite_path_gives_the_ordinary_results(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with contextlib.ExitStack() as stack:
+        ordinary = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+        rewritten = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+        stack.callback(ordinary.dispose)
+        stack.callback(rewritten.dispose)
+        shop = sample_shop(tmp_path / "data")
+
+        rebuilt: list[str] = []
+        original = derive.pg_bulk.indexes_built_after
+
+        def spy(conn: sa.Connection, table: str) -> Any:
+            rebuilt.append(table)
+            return original(conn, table)
+
+        def both(mode: str) -> None:
+            assert shop.run(ordinary, mode).status == "succeeded"
+            with monkeypatch.context() as patch:
+                patch.setattr(derive, "REWRITE_AT_LEAST", 1)
+                patch.setattr(derive, "REWRITE_SHARE", 0.0)
+                patch.setattr(derive.pg_bulk, "indexes_built_after", spy)
+                rebuilt.clear()
+                outcome = shop.run(rewritten, mode)
+                assert "orders_tracked" in rebuilt
+            assert outcome.status == "succeeded", outcome.error
+            assert outputs(rewritten) == outputs(ordinary)
+
+        both("full")
+        shop.put_order("east", "1", 7, "3.50", "c2")
+        shop.put_order("west", "9", 1, "4.00", "c1")
+        shop.write_orders("east")
+        shop.write_orders("west")
+        both("refresh")
+        assert indexes(rewritten) == indexes(ordinary)
+        assert any(name.endswith("_pkey") for name, _ in indexes(rewritten))

@@ -45,7 +45,7 @@ from loader import (
     step,
     sum_of,
 )
-from loader.coltypes import exact_sum
+from loader.coltypes import exact_sum, round_half_even
 from loader.processors.base import Context
 from loader.processors.validate import Check, Validate
 from loader.sources.csvfile import parse_code, parse_decimal, parse_int, parse_timestamp
@@ -107,8 +107,7 @@ def in_aud(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"rate_to_aud": rate, "amount_aud": amount_aud}
 
 
-# Row arithmetic and plain lookups run as SQL in the warehouse; the AUD amount, with
-# its half-even rounding, is computed in Python.
+# Row arithmetic and plain lookups run as SQL in the warehouse.
 sales_amounts = Derive(
     name="sales_amounts", table="sales",
     inputs=("sold_at", "quantity", "unit_price"),
@@ -117,6 +116,12 @@ sales_amounts = Derive(
          "amount": lambda c: c["quantity"] * c["unit_price"]},
 )
 
+def _rate(c: Mapping[str, Any]) -> Any:
+    return sa.case((c["currency"] == "AUD", sa.literal(1)), else_=c["fx.rate_to_aud"])
+
+
+# Half-even rounding is exact in SQL on PostgreSQL's NUMERIC; SQLite stores decimals as
+# REAL, so there the AUD amount is computed in Python with Decimal.
 sales_fx = Derive(
     name="sales_fx", table="sales",
     inputs=("currency", "sold_on", "amount"),
@@ -124,6 +129,9 @@ sales_fx = Derive(
                        ["rate_to_aud"]),),
     outputs=cols("rate_to_aud:decimal, amount_aud:decimal:2"),
     compute=in_aud,
+    sql={"rate_to_aud": _rate,
+         "amount_aud": lambda c: round_half_even(c["amount"] * _rate(c), 2)},
+    sql_dialects=("postgresql",),
 )
 
 sales_dims = Derive(

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import TypeDecorator
@@ -175,3 +176,35 @@ def _exact_sum_sqlite(element: exact_sum, compiler: Any, **kw: Any) -> str:
     arg = compiler.process(element.clauses, **kw)
     scale = 10**element.places
     return f"(sum(CAST(round(({arg}) * {scale}) AS INTEGER)) / {scale}.0)"
+
+
+class round_half_even(GenericFunction[Decimal]):
+    """``value`` rounded half-even (banker's rounding) to ``places`` decimal places.
+
+    Exact on PostgreSQL's NUMERIC, whose own ``round`` rounds half away from zero: a
+    value exactly half-way between two steps goes to the even one. Other dialects have
+    no exact decimals and do not compile it.
+    """
+
+    name = "round_half_even"
+    inherit_cache = True
+
+    def __init__(self, value: Any, places: int) -> None:
+        self.places = places
+        super().__init__(value, type_=Fixed(places))
+
+
+@compiles(round_half_even)
+def _round_half_even_default(element: round_half_even, compiler: Any, **kw: Any) -> str:
+    raise CompileError(f"round_half_even is exact only on PostgreSQL, not on "
+                       f"{compiler.dialect.name}")
+
+
+@compiles(round_half_even, "postgresql")
+def _round_half_even_postgresql(element: round_half_even, compiler: Any, **kw: Any) -> str:
+    value = compiler.process(element.clauses, **kw)
+    step = 10**element.places
+    scaled = f"(({value}) * {step})"
+    return (f"(CASE WHEN abs({scaled} - trunc({scaled})) = 0.5"
+            f" THEN 2 * round({scaled} / 2) / {step}"
+            f" ELSE round({value}, {element.places}) END)")

@@ -48,6 +48,8 @@ class Derive:
     Instead of ``compute``, ``sql`` may give each output as a function of the
     same names, mapped to SQL expressions: the whole derive then runs as set
     based SQL in the warehouse, which suits row arithmetic and plain lookups.
+    Given both, ``sql_dialects`` names the dialects that run ``sql`` (for
+    expressions exact only there); the others run ``compute``.
     """
 
     name: str
@@ -58,11 +60,15 @@ class Derive:
     lookups: tuple[Lookup, ...] = ()
     sql: Mapping[str, Expression] | None = None
     version: str = "1"
+    sql_dialects: tuple[str, ...] = ()
     page: int = field(default=20_000, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.compute is None) == (self.sql is None):
-            raise ConfigError(f"derive {self.name!r}: give either compute= or sql=")
+        if self.compute is None and self.sql is None:
+            raise ConfigError(f"derive {self.name!r}: give compute= or sql=")
+        if (self.compute is not None and self.sql is not None) != bool(self.sql_dialects):
+            raise ConfigError(f"derive {self.name!r}: sql_dialects= names where sql= runs "
+                              "when compute= is given too, and needs both")
         if self.sql is not None and set(self.sql) != {c.name for c in self.outputs}:
             raise ConfigError(f"derive {self.name!r}: sql= must give exactly the outputs "
                               f"{', '.join(c.name for c in self.outputs)}")
@@ -108,7 +114,9 @@ class Derive:
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
                 bulk.analyze(conn, keys)
-            compute = self._compute_sql if self.sql is not None else self._compute_pages
+            in_sql = self.sql is not None and (
+                self.compute is None or conn.dialect.name in self.sql_dialects)
+            compute = self._compute_sql if in_sql else self._compute_pages
             staged = compute(ctx, rows, keys, out, result)
             if staged:
                 names = [c.name for c in self.outputs]

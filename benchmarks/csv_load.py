@@ -354,7 +354,7 @@ def patched(owner: Any, name: str, wrap: Callable[[Any], Any]) -> Iterator[None]
 
 
 STREAM = "read + hash records, parse changed ones, stream them to the stage COPY"
-PREVIOUS = "SELECT previous keys and hashes into a dict"
+PREVIOUS = "SELECT the stored hashes into a set"
 STAGE_DDL = "create/drop temporary stage tables"
 FINISH = "finish COPY to stage"
 UPSERT = "merge: upsert SQL (stage -> tracked table)"
@@ -460,7 +460,7 @@ class PhaseTimer:
         with patched(csv_extract, "_file_digest", self.timer(DIGEST)), \
                 patched(csv_extract, "ensure_table", self.timer(ENSURE)), \
                 patched(csv_extract, "upsert", self.timer(UPSERT)), \
-                patched(csv_extract, "delete_keys", self.timer(GONE)), \
+                patched(csv_extract, "delete_hashes", self.timer(GONE)), \
                 patched(loader.bulk, "stage", self.stage_timer), \
                 patched(loader.bulk, "writer", self.writer_timer), \
                 patched(csv_extract.pg_bulk, "text_writer", self.writer_timer), \
@@ -538,7 +538,7 @@ def profile_first_load(db: Database, data_dir: Path, memory: Memory) -> tuple[fl
         ("run_sequence (whole run)", "execute.py", "run_sequence"),
         ("CsvSnapshot._load_file", "csv_extract.py", "_load_file"),
         ("_FileLoad.load", "csv_extract.py", "load"),
-        ("  previous hashes (SELECT + dict)", "csv_extract.py", "_stored_hashes"),
+        ("  stored hashes (SELECT into a set)", "csv_extract.py", "_stored_hashes"),
         ("  _each_row (hash, match, emit; self time is the loop)", "csv_extract.py",
          "_each_row"),
         ("  iter_raw (read blocks, decode, split lines)", "csvfile.py", "iter_raw"),

@@ -145,14 +145,14 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     return counts
 
 
-def delete_keys(conn: Connection, table: TrackedTable, keys: sa.Table | sa.Subquery,
-                run_ts: datetime) -> int:
-    """Soft-delete the live rows whose key is in ``keys``."""
+def delete_hashes(conn: Connection, table: TrackedTable, hashes: sa.Table,
+                  where: sa.ColumnElement[bool], run_ts: datetime) -> int:
+    """Soft-delete the live rows ``where`` selects whose row hash is in ``hashes``."""
     t = table.table
     return conn.execute(
         sa.update(t)
-        .where(t.c[DELETED_AT].is_(None))
-        .where(sa.exists().where(key_match(table, t, keys, conn.dialect.name)))
+        .where(t.c[DELETED_AT].is_(None), where,
+               t.c[ROW_HASH].in_(sa.select(hashes.c[ROW_HASH])))
         .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
     ).rowcount
 

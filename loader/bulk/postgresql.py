@@ -87,3 +87,13 @@ def indexes_built_after(conn: Connection, table: str) -> Iterator[None]:
                                  f"{preparer.quote(row.constraint)} {row.definition}")
         else:
             conn.exec_driver_sql(row.ddl)
+
+
+def estimated_rows(conn: Connection, table: str) -> float:
+    """The planner's row count of ``table``, or its count when it was never analysed."""
+    name = conn.dialect.identifier_preparer.quote(table)
+    found = conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"),
+                         {"t": name}).scalar()
+    if found is None or found < 0:
+        return float(conn.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one())
+    return float(found)

@@ -11,6 +11,7 @@ fails with an error naming the file and column, and nothing of it changes.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +65,11 @@ class _Out:
     pattern: csv_copy.RowPattern | None = None
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 EXTRA_REASON = "new column in {source}"
+# A first load rebuilds the table's indexes after its COPY while the table holds at
+# most this many rows per line of the file (PostgreSQL).
+REBUILD_BESIDE = 4
+# The text of this many parsed records is kept for rejects found after staging.
+RAWS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ class CsvSnapshot:
 
     def _load_file(self, conn: Connection, ctx: Context, path: Path, value: str,
                    result: Result) -> None:
-        content = _file_digest(path)
+        content, lines = _file_digest(path)
         previous = conn.execute(sa.select(meta.sources.c.content_hash).where(
             meta.sources.c.processor == self.name, meta.sources.c.source == path.name)).scalar()
         if not ctx.full and previous == content:
@@ -189,7 +195,7 @@ class CsvSnapshot:
             run_id=ctx.run_id, now=ctx.run_ts,
             reason=EXTRA_REASON.format(source=path.name))
         all_extras = self._known_extras(conn, table)
-        loader = _FileLoad(self, table, path, value, columns, all_extras)
+        loader = _FileLoad(self, table, path, value, columns, all_extras, lines)
         salt = hashlib.blake2b(
             f"{self.version}\n{value}\n{header.raw}".encode(), digest_size=32).digest()
         counts, rejects, read = loader.load(conn, ctx, records, salt)
@@ -268,8 +274,13 @@ class _FileLoad:
     value: str
     header: list[str]
     extras: list[str]
+    lines: int  # line feeds in the file: about its records
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     _lines: dict[Any, int] = field(default_factory=dict)  # the line of each staged key
+    # The hash and line of each record that matched a stored hash, in file order.
+    _matched: array.array[int] = field(default_factory=lambda: array.array("q"))
+    _matched_at: array.array[int] = field(default_factory=lambda: array.array("q"))
+    _raws: dict[int, str] = field(default_factory=dict)  # the text of parsed records
 
     def load(self, conn: Connection, ctx: Context, records: Iterator[tuple[int, str]],
              salt: bytes) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
@@ -313,7 +324,7 @@ class _FileLoad:
                     read, _ = self._each_row(ctx, records, salt, stored,
                                              self._values(put, []))
             # ``stored`` now holds the hashes no record matched: rows changed or gone.
-            self._unchanged_duplicates(conn, staged, stored, salt)
+            self._unchanged_duplicates(conn, staged, stored)
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
         if stored:
             # The merge gave every restaged row its new hash: rows that still have an
@@ -324,15 +335,14 @@ class _FileLoad:
                                                ctx.run_ts)
         return counts, self.rejects, read
 
-    def _unchanged_duplicates(self, conn: Connection, staged: sa.Table, unmatched: set[int],
-                              salt: bytes) -> None:
+    def _unchanged_duplicates(self, conn: Connection, staged: sa.Table,
+                              unmatched: set[int]) -> None:
         """Settle staged records whose key is also that of an unchanged record.
 
         Unchanged records are recognised by their hash alone, without their key, so a
         staged record may share its key with one (a repeated line, or a changed and an
         unchanged line of one key). As everywhere, the first record of a key wins and
-        the later one is a ``duplicate_key``: a rare case, so the file is read again
-        only then to find the lines.
+        the later one is a ``duplicate_key``.
         """
         x = self.extract
         t = self.table.table
@@ -347,47 +357,48 @@ class _FileLoad:
                    for row in found if row[-1] not in unmatched}
         if not clashes:
             return
-        staged_at = {self._lines[k]: k for k in clashes.values()}
-        first_at: dict[int, int] = {}
-        raw_at: dict[int, str] = {}
-        prepared = hashlib.blake2b(digest_size=8, key=salt)
-        records = iter_raw(self.path)
-        next(records, None)  # the header
-        for line, raw in records:
-            hasher = prepared.copy()
-            hasher.update(raw.encode())
-            digest = int.from_bytes(hasher.digest(), "big", signed=True)
-            if digest in clashes and digest not in first_at:
-                first_at[digest] = line
-                raw_at[line] = raw
-            if line in staged_at:
-                raw_at[line] = raw
+        matched_at = self._matched_lines(set(clashes))
         for digest, own_value in clashes.items():
-            unchanged, restaged = first_at[digest], self._lines[own_value]
+            unchanged, restaged = matched_at[digest], self._lines[own_value]
             if unchanged < restaged:
-                self._reject(restaged, raw_at[restaged], "duplicate_key")
+                self._reject(restaged, self._raw(restaged), "duplicate_key")
                 values = iter((own_value,) if len(own) == 1 else own_value)
                 conn.execute(sa.delete(s).where(*(
                     s.c[k] == (self.value if k == x.partition else next(values))
                     for k in key)))
             else:
-                self._reject(unchanged, raw_at[unchanged], "duplicate_key")
+                self._reject(unchanged, self._raw(unchanged), "duplicate_key")
+
+    def _matched_lines(self, digests: set[int]) -> dict[int, int]:
+        """The line of the record that matched each of these stored hashes."""
+        if len(digests) > 50:
+            return {h: line for h, line in zip(self._matched, self._matched_at, strict=True)
+                    if h in digests}
+        return {h: self._matched_at[self._matched.index(h)] for h in digests}
+
+    def _raw(self, line: int) -> str:
+        """The text of the record at ``line``: kept if it was parsed, else read again."""
+        if line not in self._raws:
+            wanted = line
+            for at, raw in iter_raw(self.path):
+                if at == wanted:
+                    return raw
+            raise AssertionError(f"{self.path.name} has no record at line {line}")
+        return self._raws[line]
 
     def _first_load_copy(self, conn: Connection, ctx: Context,
                          records: Iterator[tuple[int, str]], salt: bytes) -> tuple[int, int]:
         """PostgreSQL's first load of a partition: COPY text lines into the tracked table.
 
         The stamps, all the run's timestamp, come from column defaults set for the
-        load; into a table still empty, the indexes are built once after the COPY
-        instead of row by row.
+        load. When the file is large beside the table (other partitions), the indexes
+        are built once after the COPY instead of row by row.
         """
         physical = self.table.physical
         stamps = [*(stamp(c.name) for c in self.table.columns), CHANGED_AT, LIVE_SINCE]
-        empty = conn.execute(sa.select(sa.literal(1)).select_from(self.table.table)
-                             .limit(1)).first() is None
         with ExitStack() as stack:
             stack.enter_context(pg_bulk.filled_by_default(conn, physical, stamps, ctx.run_ts))
-            if empty:
+            if pg_bulk.estimated_rows(conn, physical) <= REBUILD_BESIDE * self.lines:
                 stack.enter_context(pg_bulk.indexes_built_after(conn, physical))
             emit = stack.enter_context(self._copy_lines(conn, physical))
             return self._each_row(ctx, records, salt, set(), emit)
@@ -467,6 +478,10 @@ class _FileLoad:
         plain = out.pattern.fields if out.pattern is not None else None
         emit = out.emit
         lines = self._lines
+        raws = self._raws
+        # Only a reload can find a parsed record to be a duplicate after staging.
+        keep = RAWS_KEPT if stored else 0
+        matched, matched_at = self._matched.append, self._matched_at.append
         no_values: list[Any] = []
         read = written = 0
         for line, raw in records:
@@ -476,6 +491,8 @@ class _FileLoad:
             digest = to_int(hasher.digest(), "big", signed=True)
             if digest in stored:
                 stored.discard(digest)
+                matched(digest)
+                matched_at(line)
                 continue
             fast = None
             if plain is not None:
@@ -507,6 +524,8 @@ class _FileLoad:
                 self._reject(line, raw, "duplicate_key")
                 continue
             lines[key] = line
+            if len(raws) < keep:
+                raws[line] = raw
             emit(fast, values, extras, digest)
             written += 1
             if read % 100_000 == 0:
@@ -584,9 +603,12 @@ def _ranged(field: Field) -> Parse | None:
     return parse
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path) -> tuple[str, int]:
+    """The SHA-256 of the file's content, and how many line feeds it holds."""
     digest = hashlib.sha256()
+    lines = 0
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            lines += chunk.count(b"\n")
+    return digest.hexdigest(), lines

@@ -97,3 +97,15 @@ def test_a_repeated_unchanged_line_and_a_changed_line_before_it(tmp_path: Path) 
     """The first record of a key wins, whether it is the stored (unchanged) line or not."""
     check_reloads("sqlite", tmp_path, [["1,a", "2,b"], ["1,a", "2,c", "1,a", "2,b"],
                                        ["2,b", "1,x", "1,a"]])
+
+
+def test_many_repeated_lines_and_texts_read_again(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixty repeated lines, with no record text kept: the rejects still name each
+    later line with its text, as a first load does."""
+    from loader.processors import csv_extract
+
+    lines = [f"{n},v{n}" for n in range(60)]
+    monkeypatch.setattr(csv_extract, "RAWS_KEPT", 0)
+    check_reloads("sqlite", tmp_path, [lines, [*lines, *reversed(lines)],
+                                       [f"{n},w" for n in range(30)] + lines])

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
-from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, ROW_HASH, TrackedTable, stamp
+from loader.tracking import (
+    CHANGED_AT,
+    DELETED_AT,
+    LIVE_SINCE,
+    ROW_HASH,
+    TrackedTable,
+    null_safe_key,
+    stamp,
+)
 
 ANALYZE_AFTER = 20_000
-_SENTINELS: dict[str, Any] = {
-    "text": "\x01", "integer": -(2**62), "date": date(1, 1, 1),
-    "timestamp": datetime(1, 1, 1), "boolean": False,
-}
 
 
 @dataclass
@@ -67,8 +71,7 @@ def null_safe_equal(left: sa.ColumnElement[Any], right: sa.ColumnElement[Any], t
     """``left`` equals ``right`` with NULL equal to NULL, in the dialect's fast form."""
     if dialect == "sqlite":
         return left.is_not_distinct_from(right)
-    sentinel = sa.literal(_SENTINELS.get(type_name, -(10**30)), left.type)
-    return sa.func.coalesce(left, sentinel) == sa.func.coalesce(right, sentinel)
+    return null_safe_key(left, type_name) == null_safe_key(right, type_name)
 
 
 def _ts(value: datetime) -> sa.BindParameter[datetime]:

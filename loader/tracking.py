@@ -76,6 +76,25 @@ def check_column_name(name: str) -> str:
     return name
 
 
+# Stand-ins for NULL in nullable keys, written as SQL so that a query's expression is
+# the very one of the index built on it.
+_SENTINELS = {
+    "text": "'\x01'::text", "integer": "(-4611686018427387904)::bigint",
+    "date": "'0001-01-01'::date", "timestamp": "'0001-01-01 00:00:00'::timestamp",
+    "boolean": "false",
+}
+
+
+def null_safe_key(column: sa.ColumnElement[Any], type_name: str) -> sa.ColumnElement[Any]:
+    """``column`` with NULL replaced by a sentinel of its type (PostgreSQL).
+
+    Comparing two such expressions matches NULL with NULL in a form PostgreSQL can
+    hash-join, and, through an index on the same expression, look up.
+    """
+    sentinel = _SENTINELS.get(type_name, "(-1000000000000000000000000000000)::numeric")
+    return sa.func.coalesce(column, sa.literal_column(sentinel))
+
+
 def physical_name(table: str) -> str:
     return f"{table}{PHYSICAL_SUFFIX}"
 
@@ -171,6 +190,10 @@ class TrackedTable:
         sa.Index(f"ix_{self.name}_changed", table.c[CHANGED_AT])
         if self.nullable_key:
             sa.Index(f"ix_{self.name}_key", *(table.c[n] for n in self.key_names))
+            # PostgreSQL matches nullable keys through null_safe_key, which this serves.
+            sa.Index(f"ix_{self.name}_keyc",
+                     *(null_safe_key(table.c[c.name], c.type) for c in self.key)
+                     ).ddl_if(dialect="postgresql")
         for index_cols in self.indexes:
             sa.Index(_index_name(self.name, index_cols), *(table.c[n] for n in index_cols))
         return table

@@ -142,3 +142,32 @@ def test_null_group_values_form_their_own_group(warehouse: Warehouse,
     assert totals(warehouse)[None] == (1, Decimal(3))
     assert len([r for r in dump(warehouse)["seg_totals_tracked"] if r["seg"] is None]) == 1
     assert outputs(warehouse) == fresh_full_outputs(shop, warehouse, tmp_path)
+
+
+def test_group_keys_are_indexed_for_the_dialects_way_of_matching_them(
+        warehouse: Warehouse, tmp_path: Path) -> None:
+    """Groups may be NULL: PostgreSQL matches them coalesced to a sentinel, and gets an
+    index on exactly that expression (a NULL group found through it); SQLite matches
+    with ``IS`` through the plain index."""
+    import sqlalchemy as sa
+
+    from loader.tracking import null_safe_key
+
+    shop = _shop(tmp_path)
+    shop.put_order("east", "4", 2, "1.50", None)
+    shop.write_orders("east")
+    assert rebuilt(shop.run(warehouse, "full")) == 4
+    with warehouse.begin() as conn:
+        names = {ix["name"] for ix in sa.inspect(conn).get_indexes("seg_totals_tracked")}
+        if conn.dialect.name == "postgresql":
+            assert {"ix_seg_totals_key", "ix_seg_totals_keyc"} <= names
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            t = sa.table("seg_totals_tracked", sa.column("seg"))
+            query = sa.select(sa.func.count()).select_from(t).where(
+                null_safe_key(t.c.seg, "text") == null_safe_key(sa.null(), "text"))
+            plan = "\n".join(conn.execute(sa.text("EXPLAIN " + str(query.compile(
+                dialect=conn.dialect, compile_kwargs={"literal_binds": True})))).scalars())
+            assert "ix_seg_totals_keyc" in plan
+            assert conn.execute(query).scalar_one() == 1
+        else:
+            assert "ix_seg_totals_key" in names and "ix_seg_totals_keyc" not in names

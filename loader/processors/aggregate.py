@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
+from loader.bulk import postgresql as pg_bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import delete_missing, key_match, null_safe_equal, upsert
@@ -251,6 +252,14 @@ class Aggregate:
 
     def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> None:
         """Make the membership table match the source, writing only the differences."""
+        if conn.execute(sa.select(sa.literal(1)).select_from(members).limit(1)).first() is None:
+            # A first build: every row is new, and on PostgreSQL the key index is built
+            # once afterwards.
+            with ExitStack() as stack:
+                if conn.dialect.name == "postgresql":
+                    stack.enter_context(pg_bulk.indexes_built_after(conn, members.name))
+                self._insert_members(conn, source, members, None)
+            return
         s = source.table
         counted = sa.and_(s.c[DELETED_AT].is_(None),
                           *(s.c[c].is_not(None) for c in self.not_null))

@@ -325,9 +325,9 @@ class _FileLoad:
                     read, _ = self._each_row(ctx, records, salt, stored,
                                              self._values(put, []))
             # ``stored`` now holds the hashes no record matched: rows changed or gone.
-            self._unchanged_duplicates(conn, staged, stored)
+            restaged = self._unchanged_duplicates(conn, staged, stored)
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
-        if stored:
+        if len(stored) > restaged:
             # The merge gave every restaged row its new hash: rows that still have an
             # unmatched hash are no longer in the file.
             with bulk.stage(conn, f"{x.name}_gone", [(ROW_HASH, sa.BigInteger())]) as gone:
@@ -337,8 +337,11 @@ class _FileLoad:
         return counts, self.rejects, read
 
     def _unchanged_duplicates(self, conn: Connection, staged: sa.Table,
-                              unmatched: set[int]) -> None:
+                              unmatched: set[int]) -> int:
         """Settle staged records whose key is also that of an unchanged record.
+
+        Returns how many staged records replace a stored row that no record matched:
+        when that is all of them, no row is gone from the file.
 
         Unchanged records are recognised by their hash alone, without their key, so a
         staged record may share its key with one (a repeated line, or a changed and an
@@ -356,19 +359,21 @@ class _FileLoad:
             .where(t.c[DELETED_AT].is_(None))).all()
         clashes = {row[-1]: (row[0] if len(own) == 1 else tuple(row[:-1]))
                    for row in found if row[-1] not in unmatched}
+        restaged = len(found) - len(clashes)
         if not clashes:
-            return
+            return restaged
         matched_at = self._matched_lines(set(clashes))
         for digest, own_value in clashes.items():
-            unchanged, restaged = matched_at[digest], self._lines[own_value]
-            if unchanged < restaged:
-                self._reject(restaged, self._raw(restaged), "duplicate_key")
+            unchanged, parsed = matched_at[digest], self._lines[own_value]
+            if unchanged < parsed:
+                self._reject(parsed, self._raw(parsed), "duplicate_key")
                 values = iter((own_value,) if len(own) == 1 else own_value)
                 conn.execute(sa.delete(s).where(*(
                     s.c[k] == (self.value if k == x.partition else next(values))
                     for k in key)))
             else:
                 self._reject(unchanged, self._raw(unchanged), "duplicate_key")
+        return restaged
 
     def _matched_lines(self, digests: set[int]) -> dict[int, int]:
         """The line of the record that matched each of these stored hashes."""

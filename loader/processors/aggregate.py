@@ -20,7 +20,7 @@ from loader import bulk
 from loader.bulk import postgresql as pg_bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
-from loader.merge import delete_missing, key_match, null_safe_equal, upsert
+from loader.merge import delete_missing, key_match, upsert
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
 from loader.tracking import (
@@ -137,10 +137,14 @@ class Aggregate:
         table.create(conn, checkfirst=True)
         return table
 
-    def _grouped(self, source: TrackedTable, target: TrackedTable,
-                 groups: sa.Table | None, dialect: str,
-                 with_nulls: frozenset[str] = frozenset()) -> sa.Select[Any]:
-        """One row per group: the group columns and the measures."""
+    def _grouped(self, source: TrackedTable, groups: sa.Table | None,
+                 nulls: tuple[bool, ...] = ()) -> sa.Select[Any]:
+        """One row per group: the group columns and the measures.
+
+        With ``groups``, only the touched groups whose columns are NULL exactly where
+        ``nulls`` says: equality and ``IS NULL`` both use the source's index on the
+        group columns, where a NULL-safe comparison would not.
+        """
         s = source.table
         group_cols = [s.c[c] for c in self.group_by]
         measures: list[Any] = []
@@ -158,13 +162,11 @@ class Aggregate:
             s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null)
         ).group_by(*group_cols)
         if groups is not None:
-            # A join, not EXISTS: the few touched groups drive lookups in the source's
-            # index on the group columns, which plain equality can use; the NULL-safe
-            # form is kept for the columns where a touched group is NULL.
+            # A join, not EXISTS: the few touched groups drive lookups in the index.
             match = sa.and_(*(
-                null_safe_equal(s.c[c], groups.c[c], source.col(c).type, dialect)
-                if c in with_nulls else s.c[c] == groups.c[c]
-                for c in self.group_by))
+                sa.and_(s.c[c].is_(None), groups.c[c].is_(None)) if null
+                else s.c[c] == groups.c[c]
+                for c, null in zip(self.group_by, nulls, strict=True)))
             query = query.select_from(s.join(groups, match))
         return query
 
@@ -173,14 +175,15 @@ class Aggregate:
         columns = [(c.name, sql_type(c.type)) for c in target.all_columns]
         out = stack.enter_context(bulk.stage(conn, f"{self.name}_groups", columns,
                                                 key=target.key_names))
-        with_nulls: frozenset[str] = frozenset()
-        if groups is not None:
-            nulls = conn.execute(sa.select(*(
-                sa.func.count() - sa.func.count(groups.c[c]) for c in self.group_by))).one()
-            with_nulls = frozenset(c for c, n in zip(self.group_by, nulls, strict=True) if n)
-        conn.execute(sa.insert(out).from_select(
-            [n for n, _ in columns],
-            self._grouped(source, target, groups, conn.dialect.name, with_nulls)))
+        names = [n for n, _ in columns]
+        if groups is None:
+            conn.execute(sa.insert(out).from_select(names, self._grouped(source, None)))
+            return out
+        patterns = conn.execute(sa.select(
+            *(groups.c[c].is_(None) for c in self.group_by)).distinct()).all()
+        for pattern in patterns:
+            conn.execute(sa.insert(out).from_select(
+                names, self._grouped(source, groups, tuple(bool(n) for n in pattern))))
         return out
 
     def _rebuild_all(self, conn: Connection, ctx: Context, source: TrackedTable,

@@ -29,7 +29,7 @@ from loader.state import consume_from, consumed
 from loader.tracking import DELETED_AT, Col, TrackedTable, ensure_table, require_table
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-# A derive that writes at least this many rows, and this share of the rows it read,
+# A derive that writes at least this many rows, and this share of the table's rows,
 # rebuilds the table's indexes after writing (PostgreSQL).
 REWRITE_AT_LEAST = 50_000
 REWRITE_SHARE = 0.25
@@ -122,7 +122,8 @@ class Derive:
                 names = [c.name for c in self.outputs]
                 with ExitStack() as rewrite:
                     if conn.dialect.name == "postgresql" and staged >= max(
-                            REWRITE_AT_LEAST, result.rows_read * REWRITE_SHARE):
+                            REWRITE_AT_LEAST,
+                            REWRITE_SHARE * pg_bulk.estimated_rows(conn, table.physical)):
                         # Most rows get new versions: building each index once afterwards
                         # is cheaper than adding every new version to every index.
                         rewrite.enter_context(pg_bulk.indexes_built_after(conn, table.physical))

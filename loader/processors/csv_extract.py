@@ -384,13 +384,12 @@ class _FileLoad:
 
     def _raw(self, line: int) -> str:
         """The text of the record at ``line``: kept if it was parsed, else read again."""
-        if line not in self._raws:
-            wanted = line
-            for at, raw in iter_raw(self.path):
-                if at == wanted:
-                    return raw
-            raise AssertionError(f"{self.path.name} has no record at line {line}")
-        return self._raws[line]
+        if line in self._raws:
+            return self._raws[line]
+        for at, raw in iter_raw(self.path):
+            if at == line:
+                return raw
+        raise AssertionError(f"{self.path.name} has no record at line {line}")
 
     def _first_load_copy(self, conn: Connection, ctx: Context,
                          records: Iterator[tuple[int, str]], salt: bytes) -> tuple[int, int]:

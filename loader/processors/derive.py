@@ -29,11 +29,11 @@ from loader.state import consume_from, consumed
 from loader.tracking import DELETED_AT, Col, TrackedTable, ensure_table, require_table
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
 # A derive that writes at least this many rows, and this share of the table's rows,
 # rebuilds the table's indexes after writing (PostgreSQL).
 REWRITE_AT_LEAST = 50_000
 REWRITE_SHARE = 0.25
-Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
 
 
 @dataclass

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from dateutil.parser import isoparse
 
+from loader.coltypes import places_of
+
 __all__ = [
     "CopyText",
     "CsvFormatError",
@@ -32,6 +34,7 @@ __all__ = [
     "parse_timestamp",
     "read_header",
     "record_hash",
+    "record_hasher",
     "validate_identifier",
 ]
 
@@ -241,8 +244,20 @@ def record_hash(raw: str, salt: bytes) -> int:
 
     Keyed BLAKE2b is stable across processes and Python versions, unlike ``hash()``.
     """
-    digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8, key=salt).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return record_hasher(salt)(raw)
+
+
+def record_hasher(salt: bytes) -> Callable[[str], int]:
+    """``record_hash`` with ``salt`` bound, preparing the keyed hash once."""
+    prepared = hashlib.blake2b(digest_size=8, key=salt)
+    to_int = int.from_bytes
+
+    def hash_record(raw: str) -> int:
+        hasher = prepared.copy()
+        hasher.update(raw.encode("utf-8"))
+        return to_int(hasher.digest(), "big", signed=True)
+
+    return hash_record
 
 
 # The forms that datetime.fromisoformat reads exactly as isoparse does, with the zone (if any)
@@ -346,13 +361,12 @@ def _any_type(_: str) -> bool:
     return True
 
 
-def _decimal_column(places: int) -> Callable[[str], bool]:
-    def accepts(type_name: str) -> bool:
-        if type_name == "decimal":
-            return True
-        found = re.fullmatch(r"decimal:([0-9]+)", type_name)
-        return found is not None and int(found.group(1)) <= 28 - _DECIMAL_DIGITS
-    return accepts
+def _fits_decimal(type_name: str) -> bool:
+    """A decimal column that holds every value of ``_DECIMAL_DIGITS`` integer digits."""
+    if type_name == "decimal":
+        return True
+    places = places_of(type_name) if type_name.startswith("decimal:") else None
+    return places is not None and places <= 28 - _DECIMAL_DIGITS
 
 
 # What ``str.strip`` leaves: no white space at either end. Quotes, commas, backslashes and
@@ -386,7 +400,7 @@ def parse_decimal(places: int) -> Callable[[str], Decimal]:
 
     fraction_text = rf"(?:\.[0-9]{{1,{places}}})?" if places else ""
     parse.copy_text = CopyText(  # type: ignore[attr-defined]
-        rf"[+-]?[0-9]{{1,{_DECIMAL_DIGITS}}}{fraction_text}", _decimal_column(places))
+        rf"[+-]?[0-9]{{1,{_DECIMAL_DIGITS}}}{fraction_text}", _fits_decimal)
     return parse
 
 

@@ -240,12 +240,15 @@ def require_table(conn: Connection, name: str) -> TrackedTable:
 
 
 def ensure_table(conn: Connection, wanted: TrackedTable, *, run_id: int | None,
-                 now: datetime, reason: str = "") -> TrackedTable:
+                 now: datetime, reason: str = "", build_indexes: bool = True) -> TrackedTable:
     """Create ``wanted`` or add its missing columns; return the full definition.
 
     Columns already in the warehouse are kept (with their types); a column
     whose type differs from the stored one is an error. Every change is
-    recorded in the schema history, and the view is recreated.
+    recorded in the schema history, and the view is recreated. Missing
+    indexes of ``wanted`` are built, unless ``build_indexes`` is false: then
+    the caller builds them with :func:`ensure_indexes` (after a big write,
+    say, which they would otherwise slow down).
     """
     current = load_table(conn, wanted.name)
     history: list[dict[str, Any]] = []
@@ -279,7 +282,8 @@ def ensure_table(conn: Connection, wanted: TrackedTable, *, run_id: int | None,
             conn.execute(meta.tables.update().where(meta.tables.c.name == table.name)
                          .values(columns=table.to_registry()["columns"]))
         table = replace(table, indexes=wanted.indexes)
-        _ensure_indexes(conn, table)
+        if build_indexes:
+            ensure_indexes(conn, table)
     if history:
         conn.execute(meta.schema_history.insert(), [
             {"table_name": table.name, "reason": reason or None, "run_id": run_id,
@@ -299,7 +303,8 @@ def _add_column(conn: Connection, physical: str, column: Col) -> None:
         )
 
 
-def _ensure_indexes(conn: Connection, table: TrackedTable) -> None:
+def ensure_indexes(conn: Connection, table: TrackedTable) -> None:
+    """Build the indexes of ``table`` that the warehouse does not have."""
     existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.physical)}
     physical = table.table
     for index in physical.indexes:

@@ -26,7 +26,14 @@ from loader.merge import upsert
 from loader.processors._select import Lookup, RowSet
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
-from loader.tracking import DELETED_AT, Col, TrackedTable, ensure_table, require_table
+from loader.tracking import (
+    DELETED_AT,
+    Col,
+    TrackedTable,
+    ensure_indexes,
+    ensure_table,
+    require_table,
+)
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
@@ -86,10 +93,13 @@ class Derive:
         result = Result()
         with ctx.warehouse.begin() as conn:
             base = require_table(conn, self.table)
+            # The lookups' indexes serve later refreshes; a missing one is built after the
+            # write, which would otherwise have to keep it up to date row by row.
             table = ensure_table(conn, TrackedTable(
                 base.name, base.key, self.outputs,
                 indexes=tuple(tuple(local for local, _ in lk.on) for lk in self.lookups),
-            ), run_id=ctx.run_id, now=ctx.run_ts, reason=f"derived by {self.name}")
+            ), run_id=ctx.run_id, now=ctx.run_ts, reason=f"derived by {self.name}",
+                build_indexes=False)
             rows = RowSet.bind(conn, table.name,
                                [*self.inputs, *(c.name for c in self.outputs)], self.lookups)
             inputs = [self.table, *(lookup.table for lookup in self.lookups)]
@@ -97,6 +107,7 @@ class Derive:
                                                           self.version, ctx.full)
             result.details["mode"] = "incremental" if since is not None else "all rows"
             self._recompute(conn, ctx, table, rows, since, result)
+            ensure_indexes(conn, table)
             result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)
         return result
 

@@ -65,3 +65,5 @@ def test_the_rewrite_path_gives_the_ordinary_results(tmp_path: Path,
         both("refresh")
         assert indexes(rewritten) == indexes(ordinary)
         assert any(name.endswith("_pkey") for name, _ in indexes(rewritten))
+        # the lookup's index, built after the first write on both paths
+        assert ("ix_orders__cust", "btree (cust)") in indexes(rewritten)

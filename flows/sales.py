@@ -107,6 +107,12 @@ def in_aud(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"rate_to_aud": rate, "amount_aud": amount_aud}
 
 
+def enrich(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The AUD columns, the customer's segment and the product's category."""
+    return {**in_aud(row), "customer_segment": row["customer.segment"],
+            "category": row["product.category"]}
+
+
 # Row arithmetic and plain lookups run as SQL in the warehouse.
 sales_amounts = Derive(
     name="sales_amounts", table="sales",
@@ -116,32 +122,28 @@ sales_amounts = Derive(
          "amount": lambda c: c["quantity"] * c["unit_price"]},
 )
 
+
 def _rate(c: Mapping[str, Any]) -> Any:
     return sa.case((c["currency"] == "AUD", sa.literal(1)), else_=c["fx.rate_to_aud"])
 
 
+# The lookups share one derive, so a full run rewrites each row once for all of them.
 # Half-even rounding is exact in SQL on PostgreSQL's NUMERIC; SQLite stores decimals as
-# REAL, so there the AUD amount is computed in Python with Decimal.
-sales_fx = Derive(
-    name="sales_fx", table="sales",
-    inputs=("currency", "sold_on", "amount"),
+# REAL, so there the derive runs in Python, with Decimal.
+sales_enrich = Derive(
+    name="sales_enrich", table="sales",
+    inputs=("currency", "sold_on", "amount", "customer_id", "sku"),
     lookups=(Lookup.of("fx", "fx_rates", {"currency": "currency", "sold_on": "day"},
-                       ["rate_to_aud"]),),
-    outputs=cols("rate_to_aud:decimal, amount_aud:decimal:2"),
-    compute=in_aud,
-    sql={"rate_to_aud": _rate,
-         "amount_aud": lambda c: round_half_even(c["amount"] * _rate(c), 2)},
-    sql_dialects=("postgresql",),
-)
-
-sales_dims = Derive(
-    name="sales_dims", table="sales",
-    inputs=("customer_id", "sku"),
-    lookups=(Lookup.of("customer", "customers", {"customer_id": "customer_id"}, ["segment"]),
+                       ["rate_to_aud"]),
+             Lookup.of("customer", "customers", {"customer_id": "customer_id"}, ["segment"]),
              Lookup.of("product", "products", {"sku": "sku"}, ["category"])),
-    outputs=cols("customer_segment, category"),
-    sql={"customer_segment": lambda c: c["customer.segment"],
+    outputs=cols("rate_to_aud:decimal, amount_aud:decimal:2, customer_segment, category"),
+    compute=enrich,
+    sql={"rate_to_aud": _rate,
+         "amount_aud": lambda c: round_half_even(c["amount"] * _rate(c), 2),
+         "customer_segment": lambda c: c["customer.segment"],
          "category": lambda c: c["product.category"]},
+    sql_dialects=("postgresql",),
 )
 
 # --- load: reports and data quality ----------------------------------------------------
@@ -253,8 +255,7 @@ validation = Validate(
 pipeline = chain(
     group(step(sales_files), step(customers), step(products), step(fx_rates)),
     step(sales_amounts),
-    step(sales_fx),
-    step(sales_dims),
+    step(sales_enrich),
     group(step(daily_sales), step(customer_summary), step(sales_quality)),
     step(validation),
 )

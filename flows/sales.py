@@ -45,7 +45,7 @@ from loader import (
     step,
     sum_of,
 )
-from loader.coltypes import exact_sum, round_half_even
+from loader.coltypes import exact_sum, iso_date, round_half_even
 from loader.processors.base import Context
 from loader.processors.validate import Check, Validate
 from loader.sources.csvfile import parse_code, parse_decimal, parse_int, parse_timestamp
@@ -165,32 +165,35 @@ customer_summary = Aggregate(
 )
 
 
-def missing_fx_rate(row: Mapping[str, Any]) -> str | None:
-    if row["rate_to_aud"] is not None:
-        return None
-    return f"no {row['currency']} rate for {row['sold_on']}"
+# The rules are SQL: one statement per rule finds every finding among the rows to check.
+Values = Mapping[str, Any]
 
 
-def unknown_customer(row: Mapping[str, Any]) -> str | None:
-    if row["customer_id"] is None or row["customer"]:
-        return None
-    return f"customer {row['customer_id']} is not in customers"
+def missing_fx_rate(c: Values) -> tuple[Any, Any]:
+    return (c["rate_to_aud"].is_(None),
+            "no " + c["currency"] + " rate for " + iso_date(c["sold_on"]))
 
 
-def unknown_sku(row: Mapping[str, Any]) -> str | None:
-    if row["sku"] is None or row["product"]:
-        return None
-    return f"sku {row['sku']} is not in products"
+def unknown_customer(c: Values) -> tuple[Any, Any]:
+    return (sa.and_(c["customer_id"].is_not(None), sa.not_(c["customer"])),
+            "customer " + c["customer_id"] + " is not in customers")
+
+
+def unknown_sku(c: Values) -> tuple[Any, Any]:
+    return (sa.and_(c["sku"].is_not(None), sa.not_(c["product"])),
+            "sku " + c["sku"] + " is not in products")
 
 
 sales_quality = Quality(
     name="sales_quality", table="sales",
     rules=(
-        Rule("missing_fx_rate", missing_fx_rate, ("rate_to_aud", "currency", "sold_on")),
-        Rule("unknown_customer", unknown_customer, ("customer_id",),
-             (Lookup.of("customer", "customers", {"customer_id": "customer_id"}),)),
-        Rule("unknown_sku", unknown_sku, ("sku",),
-             (Lookup.of("product", "products", {"sku": "sku"}),)),
+        Rule("missing_fx_rate", None, ("rate_to_aud", "currency", "sold_on"),
+             sql=missing_fx_rate),
+        Rule("unknown_customer", None, ("customer_id",),
+             (Lookup.of("customer", "customers", {"customer_id": "customer_id"}),),
+             sql=unknown_customer),
+        Rule("unknown_sku", None, ("sku",),
+             (Lookup.of("product", "products", {"sku": "sku"}),), sql=unknown_sku),
     ),
 )
 

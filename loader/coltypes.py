@@ -208,3 +208,25 @@ def _round_half_even_postgresql(element: round_half_even, compiler: Any, **kw: A
     return (f"(CASE WHEN abs({scaled} - trunc({scaled})) = 0.5"
             f" THEN 2 * round({scaled} / 2) / {step}"
             f" ELSE round({value}, {element.places}) END)")
+
+
+class iso_date(GenericFunction[str]):
+    """A date as ``YYYY-MM-DD`` text, as Python's ``str`` gives it, whatever the session's
+    date style."""
+
+    name = "iso_date"
+    inherit_cache = True
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(value, type_=sa.Text())
+
+
+@compiles(iso_date)
+def _iso_date_default(element: iso_date, compiler: Any, **kw: Any) -> str:
+    # SQLite keeps dates as this very text.
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+@compiles(iso_date, "postgresql")
+def _iso_date_postgresql(element: iso_date, compiler: Any, **kw: Any) -> str:
+    return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM-DD')"

@@ -78,3 +78,9 @@ def load(conn: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> in
             put(row)
             count += 1
     return count
+
+
+def insert_from(conn: Connection, table: sa.Table, query: sa.Select[Any]) -> int:
+    """INSERT ... SELECT ``query`` into ``table``; returns the number of rows."""
+    return conn.execute(sa.insert(table).from_select([c.name for c in table.columns], query),
+                        execution_options={"preserve_rowcount": True}).rowcount

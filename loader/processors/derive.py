@@ -156,7 +156,7 @@ class Derive:
                           ).select_from(source).where(
             t.c[DELETED_AT].is_(None),
             sa.or_(*(t.c[c.name].is_distinct_from(computed[c.name]) for c in self.outputs)))
-        staged = conn_insert(rows.conn, out, query)
+        staged = bulk.insert_from(rows.conn, out, query)
         result.rows_read = rows.conn.execute(
             sa.select(sa.func.count()).select_from(source).where(t.c[DELETED_AT].is_(None))
         ).scalar_one()
@@ -192,12 +192,6 @@ def _exact(conn: Connection, expression: sa.ColumnElement[Any],
     if conn.dialect.name == "sqlite" and places is not None:
         return sa.func.round(expression, places)
     return expression
-
-
-def conn_insert(conn: Connection, table: sa.Table, query: sa.Select[Any]) -> int:
-    """INSERT ... SELECT ``query`` into ``table``; returns the number of rows."""
-    return conn.execute(sa.insert(table).from_select([c.name for c in table.columns], query),
-                        execution_options={"preserve_rowcount": True}).rowcount
 
 
 def _differs(new: Any, old: Any) -> bool:

@@ -1,7 +1,8 @@
 """Quality rules: findings opened, kept and resolved incrementally in ``exceptions``.
 
 A rule looks at one row (with its lookups) and returns a detail text when
-the row is a finding. A refresh re-checks only the rows whose inputs or
+the row is a finding: in Python, or, given as SQL, as one statement per rule
+over all the rows it checks. A refresh re-checks only the rows whose inputs or
 lookup partners changed after the watermark, and the rows deleted since;
 a finding is resolved, never deleted, when its cause goes away, and a new
 finding is opened if the cause returns.
@@ -19,22 +20,38 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk, meta
-from loader.coltypes import sql_type
+from loader.coltypes import iso_date, sql_type
+from loader.errors import ConfigError
 from loader.processors._select import Lookup, RowSet
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
+from loader.tracking import DELETED_AT, TrackedTable
 
 Check = Callable[[Mapping[str, Any]], str | None]
+Values = Mapping[str, sa.ColumnElement[Any]]
+SqlCheck = Callable[[Values], tuple[sa.ColumnElement[bool], sa.ColumnElement[str]]]
+# Key column types whose text in SQL is the text default_row_key gives in Python.
+SQL_KEY_TYPES = ("text", "integer", "date")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A named check of one row; returns the finding's detail, or None when fine."""
+    """A named check of one row; returns the finding's detail, or None when fine.
+
+    ``check`` sees the row as a mapping, as a derive's ``compute`` does.
+    Instead, ``sql`` may map the same names, as SQL expressions, to a pair:
+    the condition under which the row is a finding, and its detail text.
+    """
 
     name: str
-    check: Check
+    check: Check | None
     inputs: tuple[str, ...]
     lookups: tuple[Lookup, ...] = ()
+    sql: SqlCheck | None = None
+
+    def __post_init__(self) -> None:
+        if (self.check is None) == (self.sql is None):
+            raise ConfigError(f"rule {self.name!r}: give one of check= and sql=")
 
 
 def default_row_key(key: Sequence[Any]) -> str:
@@ -99,23 +116,59 @@ class Quality:
                 bulk.analyze(conn, keys)
                 gone = conn.execute(rows.deleted_since(since)).all()
                 bulk.load(conn, checked, ([default_row_key(k)] for k in gone))
-            for page in rows.pages(keys, self.page):
-                found, seen = [], []
-                for row in page:
-                    row_key = default_row_key([row[k] for k in key_names])
-                    seen.append([row_key])
-                    for rule in self.rules:
-                        detail = rule.check(row)
-                        if detail is not None:
-                            found.append([rule.name, row_key, detail])
-                bulk.load(conn, findings, found)
-                if since is not None:
-                    bulk.load(conn, checked, seen)
-                result.rows_read += len(page)
-                ctx.progress(self.name, result.rows_read, None)
+            in_sql = [rule for rule in self.rules if rule.sql is not None]
+            in_python = [rule for rule in self.rules if rule.sql is None]
+            if in_sql or not in_python:
+                self._check_sql(rows, keys, in_sql, findings, checked, result)
+            if in_python:
+                self._check_pages(ctx, rows, keys, in_python, findings,
+                                  checked if since is not None and not in_sql else None, result)
             bulk.analyze(conn, findings)
             bulk.analyze(conn, checked)
             self._write(conn, ctx, findings, None if since is None else checked, result)
+
+    def _check_sql(self, rows: RowSet, keys: sa.Table | None, rules: Sequence[Rule],
+                   findings: sa.Table, checked: sa.Table, result: Result) -> None:
+        """One statement per rule stages its findings among the rows to check."""
+        values, source = rows.columns_and_source(keys)
+        t = rows.table.table
+        live = t.c[DELETED_AT].is_(None)
+        row_key = sql_row_key(rows.table)
+        for rule in rules:
+            assert rule.sql is not None
+            condition, detail = rule.sql(values)
+            rows.conn.execute(sa.insert(findings).from_select(
+                ["rule", "row_key", "detail"],
+                sa.select(sa.literal(rule.name, sa.Text()), row_key, detail)
+                .select_from(source).where(live, condition)))
+        if keys is not None:
+            result.rows_read = bulk.insert_from(rows.conn, checked, sa.select(row_key).select_from(
+                source).where(live))
+        else:
+            result.rows_read = rows.conn.execute(
+                sa.select(sa.func.count()).select_from(t).where(live)).scalar_one()
+
+    def _check_pages(self, ctx: Context, rows: RowSet, keys: sa.Table | None,
+                     rules: Sequence[Rule], findings: sa.Table, checked: sa.Table | None,
+                     result: Result) -> None:
+        """Run the Python rules over pages of rows, staging findings (and checked keys)."""
+        key_names = rows.table.key_names
+        result.rows_read = 0
+        for page in rows.pages(keys, self.page):
+            found, seen = [], []
+            for row in page:
+                row_key = default_row_key([row[k] for k in key_names])
+                seen.append([row_key])
+                for rule in rules:
+                    assert rule.check is not None
+                    detail = rule.check(row)
+                    if detail is not None:
+                        found.append([rule.name, row_key, detail])
+            bulk.load(rows.conn, findings, found)
+            if checked is not None:
+                bulk.load(rows.conn, checked, seen)
+            result.rows_read += len(page)
+            ctx.progress(self.name, result.rows_read, None)
 
     def _write(self, conn: Connection, ctx: Context, findings: sa.Table,
                checked: sa.Table | None, result: Result) -> None:
@@ -151,3 +204,24 @@ class Quality:
         result.details["open"] = {rule: int(n) for rule, n in opened}
         result.details["opened"] = result.inserted
         result.details["resolved"] = result.deleted
+
+
+def sql_row_key(table: TrackedTable) -> sa.ColumnElement[str]:
+    """:func:`default_row_key` of ``table``'s rows, in SQL."""
+    t = table.table
+    joined: sa.ColumnElement[str] | None = None
+    for column in table.key:
+        kind = column.type.split(":")[0]
+        if kind not in SQL_KEY_TYPES:
+            raise ConfigError(
+                f"rules in SQL need the key of {table.name} to be of type "
+                f"{', '.join(SQL_KEY_TYPES)}; {column.name} is {column.type}")
+        text: sa.ColumnElement[Any] = t.c[column.name]
+        if kind == "date":
+            text = iso_date(text)
+        elif kind != "text":
+            text = sa.cast(text, sa.Text())
+        part = sa.func.coalesce(text, sa.literal("", sa.Text()), type_=sa.Text())
+        joined = part if joined is None else joined + sa.literal(":", sa.Text()) + part
+    assert joined is not None
+    return joined

@@ -80,17 +80,24 @@ def _unknown_customer(row: Mapping[str, Any]) -> str | None:
     return f"customer {row['cust']} not found"
 
 
-def order_checks(page: int = 20_000) -> Quality:
-    return Quality("order_checks", "orders", (
-        Rule("unknown_customer", _unknown_customer, ("cust",),
-             (Lookup.of("c", "customers", {"cust": "cust"}),)),
-    ), page=page)
+def _unknown_customer_sql(c: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The same rule in SQL."""
+    return (sa.and_(c["cust"].is_not(None), sa.not_(c["c"])),
+            "customer " + c["cust"] + " not found")
 
 
-def flow(page: int = 20_000) -> list[Any]:
-    """The five processors of the shop warehouse, in order (``page``: rows per page)."""
+def order_checks(page: int = 20_000, in_sql: bool = False) -> Quality:
+    lookups = (Lookup.of("c", "customers", {"cust": "cust"}),)
+    rule = (Rule("unknown_customer", None, ("cust",), lookups, sql=_unknown_customer_sql)
+            if in_sql else Rule("unknown_customer", _unknown_customer, ("cust",), lookups))
+    return Quality("order_checks", "orders", (rule,), page=page)
+
+
+def flow(page: int = 20_000, sql_rules: bool = False) -> list[Any]:
+    """The five processors of the shop warehouse, in order (``page``: rows per page;
+    ``sql_rules``: the quality rule in SQL rather than Python)."""
     return [orders_extract(), customers_extract(), order_values(page), by_seg(),
-            order_checks(page)]
+            order_checks(page, sql_rules)]
 
 
 @dataclass

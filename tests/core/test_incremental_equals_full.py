@@ -7,7 +7,8 @@ refreshes the warehouse and compares its views and open findings with those of
 a fresh warehouse built by one full run, and with a model of the sources.
 Customer deletions are only seen by full runs, so deleting a customer is
 followed by a full run (of the whole flow, or of the customers extract alone and
-then a refresh of the rest).
+then a refresh of the rest). The quality rule runs in SQL in one of the two
+warehouses and in Python in the other, drawn once per example.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from loader import Warehouse, run_sequence
 
-from .shop import Shop, customers_extract, norm, outputs, view
+from .shop import Shop, customers_extract, flow, norm, outputs, view
 
 SHOPS = ("east", "west")
 CUSTOMERS = ("c1", "c2", "c3", "c4", "c5")
@@ -73,6 +74,7 @@ class ShopMachine(RuleBasedStateMachine):
         self.url = self._new_url("incremental")
         self.fresh_url = self._new_url("fresh")
         self.wh = Warehouse(self.url)
+        self.sql_rules = False
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class ShopMachine(RuleBasedStateMachine):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def run(self, mode: str) -> None:
-        outcome = self.shop.run(self.wh, mode)
+        outcome = self.shop.run(self.wh, mode, flow(sql_rules=self.sql_rules))
         assert outcome.status == "succeeded", outcome.error
         expected_mode = "all rows" if mode == "full" else "incremental"
         assert outcome.results["order_values"].details["mode"] == expected_mode
@@ -115,7 +117,7 @@ class ShopMachine(RuleBasedStateMachine):
     def compare_with_fresh_full_run(self) -> None:
         fresh = self._fresh_warehouse()
         try:
-            outcome = self.shop.run(fresh, "full")
+            outcome = self.shop.run(fresh, "full", flow(sql_rules=not self.sql_rules))
             assert outcome.status == "succeeded", outcome.error
             expected = outputs(fresh)
         finally:
@@ -143,9 +145,11 @@ class ShopMachine(RuleBasedStateMachine):
         customers=st.dictionaries(st.sampled_from(CUSTOMERS), segs, min_size=1, max_size=3),
         orders=st.lists(st.tuples(st.sampled_from(SHOPS), qtys, prices, order_custs),
                         max_size=6),
+        sql_rules=st.booleans(),
     )
     def start(self, customers: dict[str, str | None],
-              orders: list[tuple[str, int, str, str | None]]) -> None:
+              orders: list[tuple[str, int, str, str | None]], sql_rules: bool) -> None:
+        self.sql_rules = sql_rules
         for cust, seg in sorted(customers.items()):
             self.shop.put_customer(cust, seg)
         for shop, qty, price, cust in orders:

@@ -99,47 +99,38 @@ fx_rates = SqlExtract(
 # --- transform: derived columns of sales ------------------------------------------------
 
 
-def in_aud(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The rate (1 for AUD, else the day's rate) and the amount in AUD, half-even to cents."""
+def derived(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Every derived column but sold_on, in Python: the amount, the rate (1 for AUD, else
+    the day's rate), the amount in AUD half-even to cents, the segment and the category."""
+    amount = row["quantity"] * row["unit_price"]
     rate = Decimal(1) if row["currency"] == "AUD" else row["fx.rate_to_aud"]
-    amount_aud = None if rate is None else (row["amount"] * rate).quantize(
+    amount_aud = None if rate is None else (amount * rate).quantize(
         CENT, rounding=ROUND_HALF_EVEN)
-    return {"rate_to_aud": rate, "amount_aud": amount_aud}
-
-
-def enrich(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The AUD columns, the customer's segment and the product's category."""
-    return {**in_aud(row), "customer_segment": row["customer.segment"],
-            "category": row["product.category"]}
-
-
-# Row arithmetic and plain lookups run as SQL in the warehouse.
-sales_amounts = Derive(
-    name="sales_amounts", table="sales",
-    inputs=("sold_at", "quantity", "unit_price"),
-    outputs=cols("sold_on:date, amount:decimal:4"),
-    sql={"sold_on": lambda c: sa.func.date(c["sold_at"]),
-         "amount": lambda c: c["quantity"] * c["unit_price"]},
-)
+    return {"amount": amount, "rate_to_aud": rate, "amount_aud": amount_aud,
+            "customer_segment": row["customer.segment"], "category": row["product.category"]}
 
 
 def _rate(c: Mapping[str, Any]) -> Any:
     return sa.case((c["currency"] == "AUD", sa.literal(1)), else_=c["fx.rate_to_aud"])
 
 
-# The lookups share one derive, so a full run rewrites each row once for all of them.
-# Half-even rounding is exact in SQL on PostgreSQL's NUMERIC; SQLite stores decimals as
-# REAL, so there the derive runs in Python, with Decimal.
-sales_enrich = Derive(
-    name="sales_enrich", table="sales",
-    inputs=("currency", "sold_on", "amount", "customer_id", "sku"),
+# One derive gives every derived column, so a full run rewrites each row once. The fx
+# lookup joins on sold_on, computed in SQL on both dialects. The rest is SQL on
+# PostgreSQL, where half-even rounding is exact on NUMERIC; SQLite stores decimals as
+# REAL, so there it is Python, with Decimal.
+sales_derived = Derive(
+    name="sales_derived", table="sales",
+    inputs=("sold_at", "quantity", "unit_price", "currency", "customer_id", "sku"),
     lookups=(Lookup.of("fx", "fx_rates", {"currency": "currency", "sold_on": "day"},
                        ["rate_to_aud"]),
              Lookup.of("customer", "customers", {"customer_id": "customer_id"}, ["segment"]),
              Lookup.of("product", "products", {"sku": "sku"}, ["category"])),
-    outputs=cols("rate_to_aud:decimal, amount_aud:decimal:2, customer_segment, category"),
-    compute=enrich,
-    sql={"rate_to_aud": _rate,
+    outputs=cols("sold_on:date, amount:decimal:4, rate_to_aud:decimal, amount_aud:decimal:2, "
+                 "customer_segment, category"),
+    compute=derived,
+    sql={"sold_on": lambda c: sa.func.date(c["sold_at"]),
+         "amount": lambda c: c["quantity"] * c["unit_price"],
+         "rate_to_aud": _rate,
          "amount_aud": lambda c: round_half_even(c["amount"] * _rate(c), 2),
          "customer_segment": lambda c: c["customer.segment"],
          "category": lambda c: c["product.category"]},
@@ -257,8 +248,7 @@ validation = Validate(
 
 pipeline = chain(
     group(step(sales_files), step(customers), step(products), step(fx_rates)),
-    step(sales_amounts),
-    step(sales_enrich),
+    step(sales_derived),
     group(step(daily_sales), step(customer_summary), step(sales_quality)),
     step(validation),
 )

@@ -47,7 +47,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
 def test_one_bar_per_task_with_its_name(written: Written) -> None:
     """The timeline has exactly one bar per task run, each in a group labelled by its task."""
     html = written.html
-    assert len(written.tasks) == 10
+    assert len(written.tasks) == 9
     assert html.count('<rect class="bar"') == len(written.tasks)
     groups = re.findall(r'<g class="task" data-task="([^"]+)"><title>[^<]*</title>'
                         r'<text[^>]*>([^<]+)</text><rect class="bar"', html)
@@ -97,7 +97,7 @@ def test_per_task_counts(written: Written) -> None:
 def test_hostile_text_is_escaped(written: Written) -> None:
     """A task error, run error and task name holding markup appear escaped, never as tags."""
     run, tasks = copy.deepcopy(written.run), copy.deepcopy(written.tasks)
-    run.update(status="failed", error=f"task 'sales_enrich' failed: {HOSTILE}")
+    run.update(status="failed", error=f"task 'sales_derived' failed: {HOSTILE}")
     tasks[0].update(status="failed", error=HOSTILE)
     tasks[1]["task"] = "<b>bold</b>"
     html = render(run, tasks)

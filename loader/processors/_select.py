@@ -8,8 +8,8 @@ the watermark.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,9 @@ from loader.errors import ConfigError
 from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, TrackedTable, require_table, stamp
 
 PAGE = 50_000
+# A computed join column's stored value is read under its name with this suffix.
+STORED = ":stored"
+Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,23 @@ class Lookup:
 
 @dataclass
 class RowSet:
-    """A tracked table, the columns to read from it, and its lookups, bound to a connection."""
+    """A tracked table, the columns to read from it, and its lookups, bound to a connection.
+
+    ``computed`` gives some columns as SQL expressions of the row's other columns
+    (in order, each seeing those before it): a lookup that joins on such a column
+    joins on its value computed afresh, not on the stored one.
+    """
 
     conn: Connection
     table: TrackedTable
     columns: tuple[str, ...]
     lookups: tuple[tuple[Lookup, TrackedTable], ...]
+    computed: Mapping[str, Expression] = field(default_factory=dict)
 
     @classmethod
     def bind(cls, conn: Connection, table: str, columns: Sequence[str],
-             lookups: Sequence[Lookup]) -> RowSet:
+             lookups: Sequence[Lookup],
+             computed: Mapping[str, Expression] | None = None) -> RowSet:
         main = require_table(conn, table)
         for column in columns:
             main.col(column)
@@ -71,14 +81,18 @@ class RowSet:
                     f"({', '.join(partner.key_names)})"
                 )
             bound.append((lookup, partner))
-        return cls(conn, main, tuple(columns), tuple(bound))
+        return cls(conn, main, tuple(columns), tuple(bound), dict(computed or {}))
 
-    def _join(self, t: sa.Table, lookup: Lookup, partner: TrackedTable,
+    def _join(self, local: Mapping[str, sa.ColumnElement[Any]], lookup: Lookup,
               alias: sa.FromClause) -> sa.ColumnElement[bool]:
-        return sa.and_(*(t.c[local] == alias.c[remote] for local, remote in lookup.on))
+        return sa.and_(*(local[name] == alias.c[remote] for name, remote in lookup.on))
 
     def changed(self, since: datetime, inputs: Sequence[str]) -> sa.Select[Any]:
-        """Keys of live rows whose inputs, or lookup partners, changed after ``since``."""
+        """Keys of live rows whose inputs, or lookup partners, changed after ``since``.
+
+        A partner is matched through the stored values of computed columns: a row
+        whose computed column would now differ has changed inputs of its own.
+        """
         t = self.table.table
         key = [t.c[k] for k in self.table.key_names]
         after = sa.literal(since, sa.DateTime())
@@ -88,10 +102,11 @@ class RowSet:
                    *(t.c[stamp(c)] > after for c in inputs if c not in self.table.key_names)),
         )
         selects = [own]
+        stored = dict(t.c.items())
         for lookup, partner in self.lookups:
             p = partner.table.alias(f"p_{lookup.name}")
             selects.append(
-                sa.select(*key).select_from(t.join(p, self._join(t, lookup, partner, p))).where(
+                sa.select(*key).select_from(t.join(p, self._join(stored, lookup, p))).where(
                     t.c[DELETED_AT].is_(None), p.c[CHANGED_AT] > after,
                     sa.or_(p.c[DELETED_AT] > after, p.c[LIVE_SINCE] > after,
                            *(p.c[stamp(c)] > after for c in lookup.columns)),
@@ -106,12 +121,16 @@ class RowSet:
         """Every value a computation may use, by name, and the join that yields them.
 
         Names are the table's columns, ``"<lookup>.<column>"`` for lookup
-        columns, and ``"<lookup>"`` (a live partner exists).
+        columns, and ``"<lookup>"`` (a live partner exists). A computed column is
+        its fresh value, and its stored one is ``"<column>:stored"``.
         """
         t = self.table.table
         names = list(self.table.key_names) + [c for c in self.columns
                                               if c not in self.table.key_names]
         values: dict[str, sa.ColumnElement[Any]] = {n: t.c[n] for n in names}
+        for name, expression in self.computed.items():
+            values[name + STORED] = t.c[name]
+            values[name] = expression(values)
         source: sa.FromClause = t
         if keys is not None:
             source = source.join(keys, sa.and_(*(t.c[k] == keys.c[k]
@@ -119,7 +138,7 @@ class RowSet:
         for lookup, partner in self.lookups:
             p = partner.table.alias(f"p_{lookup.name}")
             source = source.outerjoin(
-                p, sa.and_(self._join(t, lookup, partner, p), p.c[DELETED_AT].is_(None))
+                p, sa.and_(self._join(values, lookup, p), p.c[DELETED_AT].is_(None))
             )
             values[lookup.name] = p.c[partner.key_names[0]].is_not(None)
             for column in lookup.columns:

@@ -23,7 +23,7 @@ from loader.bulk import postgresql as pg_bulk
 from loader.coltypes import converter, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import upsert
-from loader.processors._select import Lookup, RowSet
+from loader.processors._select import STORED, Expression, Lookup, RowSet
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
 from loader.tracking import (
@@ -36,7 +36,6 @@ from loader.tracking import (
 )
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-Expression = Callable[[Mapping[str, sa.ColumnElement[Any]]], sa.ColumnElement[Any]]
 # A derive that writes at least this many rows, and this share of the table's rows,
 # rebuilds the table's indexes after writing (PostgreSQL).
 REWRITE_AT_LEAST = 50_000
@@ -55,8 +54,14 @@ class Derive:
     Instead of ``compute``, ``sql`` may give each output as a function of the
     same names, mapped to SQL expressions: the whole derive then runs as set
     based SQL in the warehouse, which suits row arithmetic and plain lookups.
-    Given both, ``sql_dialects`` names the dialects that run ``sql`` (for
+    An output's expression sees the outputs before it as just computed. Given
+    both, ``sql_dialects`` names the dialects that run ``sql`` (for
     expressions exact only there); the others run ``compute``.
+
+    A lookup may join on an output (a date computed from a timestamp, say).
+    That output must be in ``sql``, computed from the row's own columns; it is
+    computed in SQL on every dialect, joined on afresh, and ``compute`` sees
+    it as computed.
     """
 
     name: str
@@ -71,14 +76,28 @@ class Derive:
     page: int = field(default=20_000, repr=False)
 
     def __post_init__(self) -> None:
+        outputs = {c.name for c in self.outputs}
         if self.compute is None and self.sql is None:
             raise ConfigError(f"derive {self.name!r}: give compute= or sql=")
-        if (self.compute is not None and self.sql is not None) != bool(self.sql_dialects):
+        if self.sql_dialects and (self.compute is None or self.sql is None):
             raise ConfigError(f"derive {self.name!r}: sql_dialects= names where sql= runs "
                               "when compute= is given too, and needs both")
-        if self.sql is not None and set(self.sql) != {c.name for c in self.outputs}:
+        if self.joined and (self.sql is None or not set(self.joined) <= set(self.sql)):
+            raise ConfigError(f"derive {self.name!r}: a lookup joins on the output(s) "
+                              f"{', '.join(self.joined)}, which sql= must give")
+        if self.compute is not None and not self.sql_dialects:
+            if self.sql is not None and set(self.sql) != set(self.joined):
+                raise ConfigError(f"derive {self.name!r}: with compute= and no sql_dialects=, "
+                                  "sql= gives only the outputs a lookup joins on")
+        elif self.sql is not None and set(self.sql) != outputs:
             raise ConfigError(f"derive {self.name!r}: sql= must give exactly the outputs "
                               f"{', '.join(c.name for c in self.outputs)}")
+
+    @property
+    def joined(self) -> tuple[str, ...]:
+        """The outputs a lookup joins on, in output order."""
+        locals_ = {local for lookup in self.lookups for local, _ in lookup.on}
+        return tuple(c.name for c in self.outputs if c.name in locals_)
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -101,7 +120,8 @@ class Derive:
             ), run_id=ctx.run_id, now=ctx.run_ts, reason=f"derived by {self.name}",
                 build_indexes=False)
             rows = RowSet.bind(conn, table.name,
-                               [*self.inputs, *(c.name for c in self.outputs)], self.lookups)
+                               [*self.inputs, *(c.name for c in self.outputs)], self.lookups,
+                               computed=self._joined_sql(conn))
             inputs = [self.table, *(lookup.table for lookup in self.lookups)]
             since, result.watermark_before = consume_from(conn, self.name, inputs,
                                                           self.version, ctx.full)
@@ -110,6 +130,27 @@ class Derive:
             ensure_indexes(conn, table)
             result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)
         return result
+
+    def _joined_sql(self, conn: Connection) -> dict[str, Expression]:
+        """The expressions of the outputs a lookup joins on, typed as their columns."""
+        assert self.sql is not None or not self.joined
+        columns = {c.name: c for c in self.outputs}
+
+        def typed(name: str) -> Expression:
+            assert self.sql is not None
+            function, column = self.sql[name], columns[name]
+
+            def expression(values: Mapping[str, sa.ColumnElement[Any]]) -> Any:
+                try:
+                    computed = function(values)
+                except KeyError as exc:
+                    raise ConfigError(
+                        f"derive {self.name!r}: output {name!r}, which a lookup joins on, "
+                        f"may use only the row's own columns, not {exc.args[0]!r}") from None
+                return sa.type_coerce(_exact(conn, computed, column), sql_type(column.type))
+            return expression
+
+        return {name: typed(name) for name in self.joined}
 
     def _recompute(self, conn: Connection, ctx: Context, table: TrackedTable, rows: RowSet,
                    since: datetime | None, result: Result) -> None:
@@ -125,8 +166,7 @@ class Derive:
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
                 bulk.analyze(conn, keys)
-            in_sql = self.sql is not None and (
-                self.compute is None or conn.dialect.name in self.sql_dialects)
+            in_sql = self.compute is None or conn.dialect.name in self.sql_dialects
             compute = self._compute_sql if in_sql else self._compute_pages
             staged = compute(ctx, rows, keys, out, result)
             if staged:
@@ -148,9 +188,13 @@ class Derive:
         assert self.sql is not None
         values, source = rows.columns_and_source(keys)
         t = rows.table.table
-        computed = {c.name: sa.type_coerce(_exact(rows.conn, self.sql[c.name](values), c),
-                                           sql_type(c.type))
-                    for c in self.outputs}
+        scope = dict(values)
+        computed: dict[str, sa.ColumnElement[Any]] = {}
+        for c in self.outputs:
+            if c.name not in rows.computed:  # else already computed for the join
+                scope[c.name] = sa.type_coerce(_exact(rows.conn, self.sql[c.name](scope), c),
+                                               sql_type(c.type))
+            computed[c.name] = scope[c.name]
         query = sa.select(*(t.c[k] for k in rows.table.key_names),
                           *(computed[c.name].label(c.name) for c in self.outputs)
                           ).select_from(source).where(
@@ -167,16 +211,17 @@ class Derive:
         """Compute every page; stage the rows whose outputs differ. Returns how many."""
         key_names = rows.table.key_names
         outputs = [(c.name, converter(c.type)) for c in self.outputs]
+        # Outputs computed in SQL for a join come with the row, their stored value beside.
+        stored = [name + STORED if name in rows.computed else name for name, _ in outputs]
         compute = self.compute
         assert compute is not None
         staged = 0
         for page in rows.pages(keys, self.page):
             changed = []
             for row in page:
-                computed = compute(row)
+                computed = {**compute(row), **{n: row[n] for n in rows.computed}}
                 values = [convert(computed.get(name)) for name, convert in outputs]
-                if any(_differs(v, row[name]) for v, (name, _) in zip(values, outputs,
-                                                                       strict=True)):
+                if any(_differs(v, row[old]) for v, old in zip(values, stored, strict=True)):
                     changed.append([*(row[k] for k in key_names), *values])
             staged += bulk.load(rows.conn, out, changed)
             result.rows_read += len(page)

@@ -154,14 +154,14 @@ def test_select_is_the_upstream_closure_in_stage_order(only: list[str],
 
 def test_select_on_the_sales_flow() -> None:
     """--only on the reference flow: the validation needs all but the quality rules,
-    and sales_enrich needs every extract and sales_amounts."""
+    and sales_derived needs every extract."""
     flow = load("sales.nightly")
     everything = names(flow.stages)
     without_quality = [[n for n in s if n != "sales_quality"] for s in everything]
     assert names(select(flow, ["sales_validation"])) == without_quality
-    assert names(select(flow, ["sales_enrich"])) == [
+    assert names(select(flow, ["sales_derived"])) == [
         ["sales_files", "shop_customers", "shop_products", "shop_fx_rates"],
-        ["sales_amounts"], ["sales_enrich"]]
+        ["sales_derived"]]
     assert names(select(flow, ["shop_products"])) == [["shop_products"]]
 
 

@@ -879,8 +879,8 @@ def test_only_runs_the_selected_tasks_and_what_they_need(warehouse: Warehouse,
                       only=["sales_quality"], poll=0.02)
     assert report.ok, report.error
     assert {t.name for t in report.tasks} == {
-        "sales_files", "shop_customers", "shop_products", "shop_fx_rates", "sales_amounts",
-        "sales_enrich", "sales_quality"}
+        "sales_files", "shop_customers", "shop_products", "shop_fx_rates", "sales_derived",
+        "sales_quality"}
     assert ("unknown_customer", "a:A3") in outputs(warehouse).exceptions
     run_ok(warehouse, "refresh", tmp_path)
     agrees(warehouse, tmp_path)

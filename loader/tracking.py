@@ -304,9 +304,20 @@ def _add_column(conn: Connection, physical: str, column: Col) -> None:
 
 
 def ensure_indexes(conn: Connection, table: TrackedTable) -> None:
-    """Build the indexes of ``table`` that the warehouse does not have."""
-    existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.physical)}
+    """Build the indexes of ``table`` that the warehouse does not have, its key included.
+
+    (A bulk write on PostgreSQL may drop them and build them again after committing.)
+    """
+    inspector = sa.inspect(conn)
     physical = table.table
+    if conn.dialect.name == "postgresql" and not table.nullable_key and not \
+            inspector.get_pk_constraint(table.physical)["constrained_columns"]:
+        preparer = conn.dialect.identifier_preparer
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(table.physical)} ADD CONSTRAINT "
+            f"{preparer.quote(table.physical + '_pkey')} PRIMARY KEY "
+            f"({', '.join(preparer.quote(k) for k in table.key_names)})")
+    existing = {ix["name"] for ix in inspector.get_indexes(table.physical)}
     for index in physical.indexes:
         if index.name not in existing:
             index.create(conn)

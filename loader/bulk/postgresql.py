@@ -66,6 +66,17 @@ def indexes_built_after(conn: Connection, table: str) -> Iterator[None]:
     Building an index over a freshly loaded table is several times faster than keeping it
     up to date row by row. Everything happens in the caller's transaction.
     """
+    dropped = drop_indexes(conn, table)
+    yield
+    build_indexes(conn, dropped)
+
+
+def drop_indexes(conn: Connection, table: str) -> list[str]:
+    """Drop ``table``'s indexes and key constraints; return the statements that build them.
+
+    Run the statements in a later transaction where they can: PostgreSQL builds an index
+    with parallel workers only over rows that the building transaction did not write.
+    """
     preparer = conn.dialect.identifier_preparer
     name = preparer.quote(table)
     found = conn.execute(sa.text(
@@ -74,19 +85,22 @@ def indexes_built_after(conn: Connection, table: str) -> Iterator[None]:
         " FROM pg_index x LEFT JOIN pg_constraint c"
         " ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid AND c.contype IN ('p', 'u')"
         " WHERE x.indrelid = to_regclass(:t)"), {"t": name}).all()
+    builds = []
     for row in found:
         if row.constraint is not None:
-            conn.exec_driver_sql(
-                f"ALTER TABLE {name} DROP CONSTRAINT {preparer.quote(row.constraint)}")
+            constraint = preparer.quote(row.constraint)
+            conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
+            builds.append(f"ALTER TABLE {name} ADD CONSTRAINT {constraint} {row.definition}")
         else:
             conn.exec_driver_sql(f"DROP INDEX {row.index}")
-    yield
-    for row in found:
-        if row.constraint is not None:
-            conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT "
-                                 f"{preparer.quote(row.constraint)} {row.definition}")
-        else:
-            conn.exec_driver_sql(row.ddl)
+            builds.append(row.ddl)
+    return builds
+
+
+def build_indexes(conn: Connection, builds: Sequence[str]) -> None:
+    """Run statements from :func:`drop_indexes`."""
+    for statement in builds:
+        conn.exec_driver_sql(statement)
 
 
 def estimated_rows(conn: Connection, table: str) -> float:

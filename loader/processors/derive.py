@@ -126,10 +126,24 @@ class Derive:
             since, result.watermark_before = consume_from(conn, self.name, inputs,
                                                           self.version, ctx.full)
             result.details["mode"] = "incremental" if since is not None else "all rows"
-            self._recompute(conn, ctx, table, rows, since, result)
-            ensure_indexes(conn, table)
+            rebuild = self._recompute(conn, ctx, table, rows, since, result)
+            if not rebuild:
+                ensure_indexes(conn, table)
             result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)
+        if rebuild:
+            self._build_indexes(ctx, table, rebuild)
         return result
+
+    @staticmethod
+    def _build_indexes(ctx: Context, table: TrackedTable, rebuild: list[str]) -> None:
+        """Build the dropped indexes in a transaction of their own.
+
+        Over committed rows, PostgreSQL builds each index with parallel workers. Should
+        this fail, the next run of this derive builds what is missing.
+        """
+        with ctx.warehouse.begin() as conn:
+            pg_bulk.build_indexes(conn, rebuild)
+            ensure_indexes(conn, table)
 
     def _joined_sql(self, conn: Connection) -> dict[str, Expression]:
         """The expressions of the outputs a lookup joins on, typed as their columns."""
@@ -153,7 +167,10 @@ class Derive:
         return {name: typed(name) for name in self.joined}
 
     def _recompute(self, conn: Connection, ctx: Context, table: TrackedTable, rows: RowSet,
-                   since: datetime | None, result: Result) -> None:
+                   since: datetime | None, result: Result) -> list[str]:
+        """Recompute and write the outputs. Returns the statements that build the indexes
+        this dropped (a rewrite of most rows, on PostgreSQL), for after the commit."""
+        rebuild: list[str] = []
         key_types = [(k.name, sql_type(k.type)) for k in table.key]
         out_types = [(c.name, sql_type(c.type)) for c in self.outputs]
         with ExitStack() as stack:
@@ -171,16 +188,16 @@ class Derive:
             staged = compute(ctx, rows, keys, out, result)
             if staged:
                 names = [c.name for c in self.outputs]
-                with ExitStack() as rewrite:
-                    if conn.dialect.name == "postgresql" and staged >= max(
-                            REWRITE_AT_LEAST,
-                            REWRITE_SHARE * pg_bulk.estimated_rows(conn, table.physical)):
-                        # Most rows get new versions: building each index once afterwards
-                        # is cheaper than adding every new version to every index.
-                        rewrite.enter_context(pg_bulk.indexes_built_after(conn, table.physical))
-                    counts = upsert(conn, table, out, names, ctx.run_ts, insert=False)
+                if conn.dialect.name == "postgresql" and staged >= max(
+                        REWRITE_AT_LEAST,
+                        REWRITE_SHARE * pg_bulk.estimated_rows(conn, table.physical)):
+                    # Most rows get new versions: building each index once afterwards
+                    # is cheaper than adding every new version to every index.
+                    rebuild = pg_bulk.drop_indexes(conn, table.physical)
+                counts = upsert(conn, table, out, names, ctx.run_ts, insert=False)
                 result.updated = counts.updated
                 result.count_changes(table.name, counts.changes)
+        return rebuild
 
     def _compute_sql(self, ctx: Context, rows: RowSet, keys: sa.Table | None,
                      out: sa.Table, result: Result) -> int:

@@ -1,4 +1,5 @@
-"""A derive that rewrites most of a table on PostgreSQL builds the indexes afterwards.
+"""A derive that rewrites most of a table on PostgreSQL builds the indexes afterwards,
+in a transaction of their own.
 
 The thresholds are lowered so that the small shop takes that path; a second warehouse
 takes the ordinary path, and both must show the same outputs and keep the same indexes.
@@ -17,7 +18,7 @@ from conftest import pg_schema_url
 from loader import Warehouse
 from loader.processors import derive
 
-from .shop import outputs, sample_shop
+from .shop import outputs, sample_shop, view
 
 pytestmark = pytest.mark.postgres
 
@@ -39,7 +40,7 @@ def test_the_rewrite_path_gives_the_ordinary_results(tmp_path: Path,
         shop = sample_shop(tmp_path / "data")
 
         rebuilt: list[str] = []
-        original = derive.pg_bulk.indexes_built_after
+        original = derive.pg_bulk.drop_indexes
 
         def spy(conn: sa.Connection, table: str) -> Any:
             rebuilt.append(table)
@@ -50,7 +51,7 @@ def test_the_rewrite_path_gives_the_ordinary_results(tmp_path: Path,
             with monkeypatch.context() as patch:
                 patch.setattr(derive, "REWRITE_AT_LEAST", 1)
                 patch.setattr(derive, "REWRITE_SHARE", 0.0)
-                patch.setattr(derive.pg_bulk, "indexes_built_after", spy)
+                patch.setattr(derive.pg_bulk, "drop_indexes", spy)
                 rebuilt.clear()
                 outcome = shop.run(rewritten, mode)
                 assert "orders_tracked" in rebuilt
@@ -67,3 +68,34 @@ def test_the_rewrite_path_gives_the_ordinary_results(tmp_path: Path,
         assert any(name.endswith("_pkey") for name, _ in indexes(rewritten))
         # the lookup's index, built after the first write on both paths
         assert ("ix_orders__cust", "btree (cust)") in indexes(rewritten)
+
+
+def test_indexes_lost_after_the_commit_are_built_by_the_next_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rewrite commits its rows, then builds the indexes it dropped in a second
+    transaction. Should that fail, the rows stay written, and the next run builds
+    every missing index (the primary key too) and changes nothing else."""
+    with contextlib.ExitStack() as stack:
+        ordinary = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+        broken = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+        stack.callback(ordinary.dispose)
+        stack.callback(broken.dispose)
+        shop = sample_shop(tmp_path / "data")
+        assert shop.run(ordinary, "full").status == "succeeded"
+
+        def fail(*args: Any) -> None:
+            raise RuntimeError("lost the connection while building indexes")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(derive, "REWRITE_AT_LEAST", 1)
+            patch.setattr(derive, "REWRITE_SHARE", 0.0)
+            patch.setattr(derive.Derive, "_build_indexes", staticmethod(fail))
+            outcome = shop.run(broken, "full")
+        assert outcome.status == "failed" and "building indexes" in (outcome.error or "")
+        assert not any(name.endswith("_pkey") and "orders" in name
+                       for name, _ in indexes(broken))
+        assert view(broken, "orders") == view(ordinary, "orders")
+
+        assert shop.run(broken, "refresh").status == "succeeded"
+        assert indexes(broken) == indexes(ordinary)
+        assert outputs(broken) == outputs(ordinary)

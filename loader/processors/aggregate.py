@@ -189,7 +189,8 @@ class Aggregate:
     def _rebuild_all(self, conn: Connection, ctx: Context, source: TrackedTable,
                      target: TrackedTable, members: sa.Table, result: Result) -> None:
         with ExitStack() as stack:
-            out = self._stage_groups(conn, stack, target, None, source)
+            with pg_bulk.planned_as_scans(conn):
+                out = self._stage_groups(conn, stack, target, None, source)
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
             counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
             self._record(result, target, counts, conn.execute(

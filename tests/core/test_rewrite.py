@@ -99,3 +99,24 @@ def test_indexes_lost_after_the_commit_are_built_by_the_next_run(
         assert shop.run(broken, "refresh").status == "succeeded"
         assert indexes(broken) == indexes(ordinary)
         assert outputs(broken) == outputs(ordinary)
+
+
+def test_whole_table_reads_plan_with_the_default_page_cost() -> None:
+    """Sessions plan index lookups as cheap; a full aggregate rebuild plans its grouping
+    with PostgreSQL's default cost instead, and the session's cost is back afterwards."""
+    from loader.bulk import postgresql as pg_bulk
+
+    with contextlib.contextmanager(pg_schema_url)() as url:
+        wh = Warehouse(url)
+        try:
+            with wh.begin() as conn:
+                def cost() -> float:
+                    return float(conn.exec_driver_sql("SHOW random_page_cost").scalar_one())
+
+                session = cost()
+                assert session < pg_bulk.SCAN_PAGE_COST
+                with pg_bulk.planned_as_scans(conn):
+                    assert cost() == pg_bulk.SCAN_PAGE_COST
+                assert cost() == session
+        finally:
+            wh.dispose()

@@ -196,15 +196,16 @@ def _scalar(conn: Connection, query: sa.Select[Any]) -> Any:
 
 
 def revenue_adds_up(conn: Connection, ctx: Context) -> str | None:
-    """daily_sales holds every sale once: same revenue, same count."""
-    daily, sales = sa.table("daily_sales", sa.column("revenue_aud"), sa.column("txns")), \
-        sa.table("sales", sa.column("amount_aud"))
-    by_day = _scalar(conn, sa.select(sa.func.coalesce(exact_sum(daily.c.revenue_aud, 2), 0)))
-    by_row = _scalar(conn, sa.select(sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0)))
+    """daily_sales holds every sale once: same revenue, same count (one scan of each)."""
+    daily = sa.table("daily_sales", sa.column("revenue_aud"), sa.column("txns"))
+    sales = sa.table("sales", sa.column("amount_aud"))
+    by_day, txns = conn.execute(sa.select(
+        sa.func.coalesce(exact_sum(daily.c.revenue_aud, 2), 0),
+        sa.func.coalesce(sa.func.sum(daily.c.txns), 0))).one()
+    by_row, rows = conn.execute(sa.select(
+        sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0), sa.func.count())).one()
     if Decimal(by_day) != Decimal(by_row):
         return f"sum(daily_sales.revenue_aud) = {by_day} but sum(sales.amount_aud) = {by_row}"
-    txns = _scalar(conn, sa.select(sa.func.coalesce(sa.func.sum(daily.c.txns), 0)))
-    rows = _scalar(conn, sa.select(sa.func.count()).select_from(sales))
     if int(txns) != int(rows):
         return f"sum(daily_sales.txns) = {txns} but sales has {rows} rows"
     return None

@@ -191,8 +191,15 @@ class Aggregate:
         with ExitStack() as stack:
             with pg_bulk.planned_as_scans(conn):
                 out = self._stage_groups(conn, stack, target, None, source)
+            t = target.table
+            first = conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first() \
+                is None
+            if first and conn.dialect.name == "postgresql":
+                # Every group is new: the indexes are built once, after inserting them.
+                stack.enter_context(pg_bulk.indexes_built_after(conn, target.physical))
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
-            counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
+            if not first:  # else no group can be missing
+                counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(out)).scalar_one())
         s = source.table

@@ -70,6 +70,7 @@ def _ignore(states: Sequence[TaskState]) -> None:
 
 
 _embedded: threading.Thread | None = None
+_embedded_worker: Any = None
 _embedded_lock = threading.Lock()
 
 
@@ -77,11 +78,16 @@ def embedded_worker(concurrency: int = 4) -> None:
     """Start (once per process) a Celery worker in a thread pool on the in-memory broker.
 
     It lives as long as the process: stopping a worker takes seconds, and a
-    process that runs several flows (tests, the demo) reuses it.
+    process that runs several flows (tests, the demo) reuses it. A worker knows
+    the tasks registered when it started; one that is reused learns those
+    registered since (a flow loaded later), which it would otherwise refuse.
     """
-    global _embedded
+    global _embedded, _embedded_worker
     with _embedded_lock:
         if _embedded is not None and _embedded.is_alive():
+            consumer = _embedded_worker.consumer
+            if any(name not in consumer.strategies for name in list(app.tasks)):
+                consumer.update_strategies()
             return
         from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
 
@@ -96,6 +102,7 @@ def embedded_worker(concurrency: int = 4) -> None:
         _embedded = threading.Thread(target=worker.start, name="loader-worker", daemon=True)
         _embedded.start()
         worker.ensure_started()
+        _embedded_worker = worker
 
 
 def run_flow(wh: Warehouse, flow: Flow, *, params: Mapping[str, str] | None = None,

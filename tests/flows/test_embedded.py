@@ -1,0 +1,31 @@
+"""The in-process worker is started once per process and reused by later runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import chain
+
+from loader import Warehouse
+from loader.flow import Flow, step
+from loader.runner import run_flow
+
+from .toys import Mark, log_rows
+
+
+def test_a_flow_registered_after_the_worker_started_runs(tmp_path: Path) -> None:
+    """A process runs one flow (starting the in-process worker), then loads another
+    whose tasks did not exist when the worker started: the second flow runs too."""
+    wh = Warehouse(f"sqlite:///{tmp_path}/wh.db")
+    try:
+        first = Flow(chain(step(Mark("emb_before", provides=("emb.a",)))), mode="full",
+                     name="emb.first")
+        assert run_flow(wh, first, poll=0.02).ok
+        later = Mark("emb_later_registered", provides=("emb.b",))
+        second = Flow(chain(step(later)), mode="full", name="emb.second")
+        report = run_flow(wh, second, poll=0.02)
+        assert report.ok, report.error
+        with wh.engine.connect() as conn:
+            assert ("emb_later_registered", report.run_id) in log_rows(conn)
+    finally:
+        wh.dispose()

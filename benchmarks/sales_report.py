@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.baseline import LIMITATIONS
+from loader.runner import POLL_BROKER, POLL_EMBEDDED
 from loader.salesdata import BAD_KINDS
 
 if TYPE_CHECKING:
@@ -365,7 +366,8 @@ def write(bench: Bench, command: str, versions: dict[str, str]) -> str:
               "SQLite file). In-process runs use the embedded worker (4 threads), as "
               "`loader run` without a broker does.",
               "- Our seconds are `RunReport.seconds` (from taking the lock to the watcher "
-              "seeing the last task done; it polls every 0.2 s), which excludes interpreter "
+              f"seeing the last task done; it polls every {POLL_EMBEDDED} s in-process, "
+              f"{POLL_BROKER} s with workers), which excludes interpreter "
               "start-up (~1 s for `loader run`) and migrations. The baseline's seconds run "
               "from its first TRUNCATE to its COMMIT.",
               f"- Baseline (`benchmarks/baseline.py`): {LIMITATIONS} It builds `sales` with a "

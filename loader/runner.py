@@ -31,6 +31,10 @@ from loader.processors.base import Mode, Processor
 from loader.warehouse import Warehouse
 
 FINISHED = {"SUCCESS", "FAILURE", "REVOKED"}
+# How often the watcher reads the tasks' states: in-process they are in memory, and a
+# short run ends sooner after its last task; from a broker's backend, less often.
+POLL_EMBEDDED = 0.05
+POLL_BROKER = 0.2
 ACTIVE = {"STARTED", "PROGRESS", "RETRY", "RECEIVED"}
 
 
@@ -107,7 +111,7 @@ def embedded_worker(concurrency: int = 4) -> None:
 
 def run_flow(wh: Warehouse, flow: Flow, *, params: Mapping[str, str] | None = None,
              mode: Mode | None = None, only: Sequence[str] = (), wait: float = 0.0,
-             watcher: Watcher = _ignore, poll: float = 0.2,
+             watcher: Watcher = _ignore, poll: float | None = None,
              concurrency: int = 4) -> RunReport:
     """Run ``flow`` against ``wh``; returns how it ended (it raises only for bad input)."""
     params = dict(params or {})
@@ -136,7 +140,8 @@ def run_flow(wh: Warehouse, flow: Flow, *, params: Mapping[str, str] | None = No
             if embedded():
                 embedded_worker(concurrency)
             sent = canvas.apply_async()
-            status, failed = _watch(states, watcher, poll)
+            status, failed = _watch(states, watcher, poll if poll is not None else (
+                POLL_EMBEDDED if embedded() else POLL_BROKER))
             error = _run_error(wh, run.run_id, status, failed, states)
             if error and status == "succeeded":
                 status = "failed"

@@ -85,7 +85,10 @@ class RowSet:
 
     def _join(self, local: Mapping[str, sa.ColumnElement[Any]], lookup: Lookup,
               alias: sa.FromClause) -> sa.ColumnElement[bool]:
-        return sa.and_(*(local[name] == alias.c[remote] for name, remote in lookup.on))
+        """``lookup``'s join condition, its local side from ``local`` (else the table)."""
+        t = self.table.table
+        return sa.and_(*((local[name] if name in local else t.c[name]) == alias.c[remote]
+                         for name, remote in lookup.on))
 
     def changed(self, since: datetime, inputs: Sequence[str]) -> sa.Select[Any]:
         """Keys of live rows whose inputs, or lookup partners, changed after ``since``.

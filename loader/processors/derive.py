@@ -121,7 +121,7 @@ class Derive:
                 build_indexes=False)
             rows = RowSet.bind(conn, table.name,
                                [*self.inputs, *(c.name for c in self.outputs)], self.lookups,
-                               computed=self._joined_sql(conn))
+                               computed=self._joined_sql(conn, table))
             inputs = [self.table, *(lookup.table for lookup in self.lookups)]
             since, result.watermark_before = consume_from(conn, self.name, inputs,
                                                           self.version, ctx.full)
@@ -145,7 +145,7 @@ class Derive:
             pg_bulk.build_indexes(conn, rebuild)
             ensure_indexes(conn, table)
 
-    def _joined_sql(self, conn: Connection) -> dict[str, Expression]:
+    def _joined_sql(self, conn: Connection, table: TrackedTable) -> dict[str, Expression]:
         """The expressions of the outputs a lookup joins on, typed as their columns."""
         assert self.sql is not None or not self.joined
         columns = {c.name: c for c in self.outputs}
@@ -153,14 +153,16 @@ class Derive:
         def typed(name: str) -> Expression:
             assert self.sql is not None
             function, column = self.sql[name], columns[name]
+            # The key, the inputs, and the joined outputs before this one (already fresh).
+            allowed = {*table.key_names, *self.inputs, *self.joined[:self.joined.index(name)]}
 
             def expression(values: Mapping[str, sa.ColumnElement[Any]]) -> Any:
                 try:
-                    computed = function(values)
+                    computed = function({k: v for k, v in values.items() if k in allowed})
                 except KeyError as exc:
                     raise ConfigError(
                         f"derive {self.name!r}: output {name!r}, which a lookup joins on, "
-                        f"may use only the row's own columns, not {exc.args[0]!r}") from None
+                        f"may use only the inputs, not {exc.args[0]!r}") from None
                 return sa.type_coerce(_exact(conn, computed, column), sql_type(column.type))
             return expression
 

@@ -118,9 +118,9 @@ class Quality:
                 bulk.load(conn, checked, ([default_row_key(k)] for k in gone))
             in_sql = [rule for rule in self.rules if rule.sql is not None]
             in_python = [rule for rule in self.rules if rule.sql is None]
-            if in_sql or not in_python:
+            if in_sql:
                 self._check_sql(rows, keys, in_sql, findings, checked, result)
-            if in_python:
+            if in_python or not in_sql:
                 self._check_pages(ctx, rows, keys, in_python, findings,
                                   checked if since is not None and not in_sql else None, result)
             bulk.analyze(conn, findings)
@@ -142,8 +142,8 @@ class Quality:
                 sa.select(sa.literal(rule.name, sa.Text()), row_key, detail)
                 .select_from(source).where(live, condition)))
         if keys is not None:
-            result.rows_read = bulk.insert_from(rows.conn, checked, sa.select(row_key).select_from(
-                source).where(live))
+            checking = sa.select(row_key).select_from(source).where(live)
+            result.rows_read = bulk.insert_from(rows.conn, checked, checking)
         else:
             result.rows_read = rows.conn.execute(
                 sa.select(sa.func.count()).select_from(t).where(live)).scalar_one()

@@ -120,3 +120,23 @@ def test_the_output_a_lookup_joins_on_must_be_sql() -> None:
         Derive("event_rates", "events", ("at",), cols("day:date, rate:decimal:2"),
                compute=_python, lookups=(LOOKUP,),
                sql={**DAY, "rate": lambda c: c["r.rate"]})
+
+
+def test_the_output_a_lookup_joins_on_may_use_only_inputs(tmp_path: Path) -> None:
+    """Computed from another output's stored value, the join could miss a change: the
+    run fails naming the output and the column."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events_x.csv").write_text("id,at\na,2026-01-01T10:00:00Z\n")
+    (data / "rates_x.csv").write_text("day,rate\n2026-01-01,1.10\n")
+    wrong = Derive("event_rates", "events", ("at",), cols("rate:decimal:2, day:date"),
+                   lookups=(LOOKUP,), sql={"rate": lambda c: c["r.rate"],
+                                           "day": lambda c: sa.func.date(c["rate"])})
+    wh = Warehouse(f"sqlite:///{tmp_path}/wh.db")
+    try:
+        outcome = run_sequence(wh, [EVENTS, RATES, wrong],  # type: ignore[list-item]
+                               mode="full", params={"data_dir": str(data)})
+        assert outcome.status == "failed"
+        assert "'day'" in (outcome.error or "") and "not 'rate'" in (outcome.error or "")
+    finally:
+        wh.dispose()

@@ -7,9 +7,11 @@ are skipped on a developer's machine and fail under ``CI=true``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -45,6 +47,17 @@ def pg_schema_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@contextlib.contextmanager
+def warehouse_on(dialect: str, path: Path) -> Iterator[Warehouse]:
+    """A new warehouse: the SQLite file ``path``, or a new PostgreSQL schema."""
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{path}" if dialect == "sqlite"
+               else stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+        wh = Warehouse(url)
+        stack.callback(wh.dispose)
+        yield wh
 
 
 @pytest.fixture

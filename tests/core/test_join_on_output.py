@@ -8,15 +8,14 @@ full run gives, and re-derive only the events whose time or whose day's rate cha
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import pg_schema_url
+from conftest import warehouse_on
 
 from loader import CsvSnapshot, Derive, Field, Lookup, Warehouse, cols, run_sequence
 from loader.errors import ConfigError
@@ -43,16 +42,6 @@ def derive(form: str) -> Derive:
                       sql={**DAY, "rate": lambda c: c["r.rate"]})
     return Derive("event_rates", "events", ("at",), outputs, compute=_python,
                   lookups=(LOOKUP,), sql=DAY)
-
-
-@contextlib.contextmanager
-def warehouse(dialect: str, path: Path) -> Iterator[Warehouse]:
-    with contextlib.ExitStack() as stack:
-        url = (f"sqlite:///{path}" if dialect == "sqlite"
-               else stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
-        wh = Warehouse(url)
-        stack.callback(wh.dispose)
-        yield wh
 
 
 def events(wh: Warehouse) -> dict[str, tuple[Any, Any]]:
@@ -84,7 +73,7 @@ def test_a_lookup_joins_on_the_fresh_value_of_an_output(dialect: str, form: str,
     rates = ["2026-01-01,1.10", "2026-01-02,1.20"]
     evs = ["a,2026-01-01T23:30:00Z", "b,2026-01-02T00:30:00+02:00", "c,2026-01-02T10:00:00Z",
            "d,2026-01-03T10:00:00Z"]
-    with warehouse(dialect, tmp_path / "inc.db") as inc:
+    with warehouse_on(dialect, tmp_path / "inc.db") as inc:
         write(evs, rates)
         run(inc, "full")
         assert events(inc) == {"a": ("2026-01-01", Decimal("1.10")),
@@ -105,7 +94,7 @@ def test_a_lookup_joins_on_the_fresh_value_of_an_output(dialect: str, form: str,
             write(now_events, now_rates)
             result = run(inc, "refresh")
             assert result.rows_read == len(rederived), n
-            with warehouse(dialect, tmp_path / f"full{n}.db") as full:
+            with warehouse_on(dialect, tmp_path / f"full{n}.db") as full:
                 run(full, "full")
                 assert events(inc) == events(full), n
         assert events(inc)["a"] == ("2026-01-02", Decimal("1.25"))

@@ -7,16 +7,15 @@ date) must give the very row keys Python gives, and the rule's forms are checked
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import pg_schema_url
+from conftest import warehouse_on
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,23 +57,13 @@ rows = st.lists(st.tuples(st.integers(-10**6, 10**6), st.integers(0, 3000),
                 max_size=8, unique_by=lambda r: (r[0], r[1]))
 
 
-@contextlib.contextmanager
-def new_warehouse(dialect: str, base: Path, name: str) -> Iterator[Warehouse]:
-    with contextlib.ExitStack() as stack:
-        url = (f"sqlite:///{base / name}.db" if dialect == "sqlite"
-               else stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
-        wh = Warehouse(url)
-        stack.callback(wh.dispose)
-        yield wh
-
-
 def check_forms_agree(dialect: str, base: Path, versions: list[list[Any]]) -> None:
     """Load each version of the file, refreshing after the first, into one warehouse
     checked in Python and one checked in SQL: both hold the expected findings."""
     data = base / f"d{uuid.uuid4().hex[:8]}"
     data.mkdir()
-    with new_warehouse(dialect, base, f"py{data.name}") as python_wh, \
-            new_warehouse(dialect, base, f"sql{data.name}") as sql_wh:
+    with warehouse_on(dialect, base / f"py{data.name}.db") as python_wh, \
+            warehouse_on(dialect, base / f"sql{data.name}.db") as sql_wh:
         for mode, content in zip(("full", "refresh", "refresh"), versions, strict=False):
             days = {d: date(2020, 1, 1) + timedelta(days=d) for _, d, _ in content}
             lines = ["n,day,note", *(f"{n},{days[d]},{note or ''}" for n, d, note in content)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import pg_schema_url
+from conftest import pg_schema_url, warehouse_on
 
 from loader import Warehouse
 from loader.processors import derive
@@ -32,11 +32,8 @@ def indexes(wh: Warehouse) -> set[tuple[str, str]]:
 
 def test_the_rewrite_path_gives_the_ordinary_results(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    with contextlib.ExitStack() as stack:
-        ordinary = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
-        rewritten = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
-        stack.callback(ordinary.dispose)
-        stack.callback(rewritten.dispose)
+    with warehouse_on("postgresql", tmp_path) as ordinary, \
+            warehouse_on("postgresql", tmp_path) as rewritten:
         shop = sample_shop(tmp_path / "data")
 
         rebuilt: list[str] = []
@@ -75,11 +72,8 @@ def test_indexes_lost_after_the_commit_are_built_by_the_next_run(
     """A rewrite commits its rows, then builds the indexes it dropped in a second
     transaction. Should that fail, the rows stay written, and the next run builds
     every missing index (the primary key too) and changes nothing else."""
-    with contextlib.ExitStack() as stack:
-        ordinary = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
-        broken = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
-        stack.callback(ordinary.dispose)
-        stack.callback(broken.dispose)
+    with warehouse_on("postgresql", tmp_path) as ordinary, \
+            warehouse_on("postgresql", tmp_path) as broken:
         shop = sample_shop(tmp_path / "data")
         assert shop.run(ordinary, "full").status == "succeeded"
 

@@ -191,9 +191,7 @@ class Aggregate:
         with ExitStack() as stack:
             with pg_bulk.planned_as_scans(conn):
                 out = self._stage_groups(conn, stack, target, None, source)
-            t = target.table
-            first = conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first() \
-                is None
+            first = _empty(conn, target.table)
             if first and conn.dialect.name == "postgresql":
                 # Every group is new: the indexes are built once, after inserting them.
                 stack.enter_context(pg_bulk.indexes_built_after(conn, target.physical))
@@ -263,7 +261,7 @@ class Aggregate:
 
     def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> None:
         """Make the membership table match the source, writing only the differences."""
-        if conn.execute(sa.select(sa.literal(1)).select_from(members).limit(1)).first() is None:
+        if _empty(conn, members):
             # A first build: every row is new, and on PostgreSQL the key index is built
             # once afterwards.
             with ExitStack() as stack:
@@ -303,3 +301,7 @@ class Aggregate:
         result.count_changes(target.name, counts.changes)
         result.details["groups_rebuilt"] = groups
 
+
+def _empty(conn: Connection, table: sa.Table) -> bool:
+    """True when ``table`` has no row at all (live or deleted)."""
+    return conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is None

@@ -310,13 +310,10 @@ def ensure_indexes(conn: Connection, table: TrackedTable) -> None:
     """
     inspector = sa.inspect(conn)
     physical = table.table
-    if conn.dialect.name == "postgresql" and not table.nullable_key and not \
+    key = physical.primary_key
+    if conn.dialect.name == "postgresql" and key.columns and not \
             inspector.get_pk_constraint(table.physical)["constrained_columns"]:
-        preparer = conn.dialect.identifier_preparer
-        conn.exec_driver_sql(
-            f"ALTER TABLE {preparer.quote(table.physical)} ADD CONSTRAINT "
-            f"{preparer.quote(table.physical + '_pkey')} PRIMARY KEY "
-            f"({', '.join(preparer.quote(k) for k in table.key_names)})")
+        conn.execute(sa.schema.AddConstraint(key))
     existing = {ix["name"] for ix in inspector.get_indexes(table.physical)}
     for index in physical.indexes:
         if index.name not in existing:

@@ -162,7 +162,8 @@ class Derive:
                 except KeyError as exc:
                     raise ConfigError(
                         f"derive {self.name!r}: output {name!r}, which a lookup joins on, "
-                        f"may use only the inputs, not {exc.args[0]!r}") from None
+                        f"may use only the key, the inputs and the joined outputs before "
+                        f"it, not {exc.args[0]!r}") from None
                 return sa.type_coerce(_exact(conn, computed, column), sql_type(column.type))
             return expression
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -142,13 +142,16 @@ def _split_quoted(text: str) -> list[str]:
 
 _BLOCK = 1 << 22
 
+# Takes the plain lines of a block from a byte position: ``fast(data, pos, lines_before)``
+# returns where it stopped and how many lines precede that point (see ``iter_raw``).
+Fast = Callable[[bytes, int, int], tuple[int, int]]
 
-def _blocks(path: Path) -> Iterator[tuple[int, str, bool]]:
-    """The file as decoded blocks of whole lines: (lines before the block, text, last).
+
+def _blocks(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """The file as blocks of whole lines: (lines before the block, bytes, last).
 
     A block ends just after a line feed, except the last one, which holds whatever
-    follows the final line feed (possibly nothing). Raises CsvFormatError naming the
-    line when the file is not valid UTF-8.
+    follows the final line feed (possibly nothing). A byte order mark is dropped.
     """
     with path.open("rb") as stream:
         carry = stream.read(len(_BOM))
@@ -164,58 +167,120 @@ def _blocks(path: Path) -> Iterator[tuple[int, str, bool]]:
                     carry = data
                     continue
                 data, carry = data[:cut], data[cut:]
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                line = before + data.count(b"\n", 0, exc.start) + 1
-                raise CsvFormatError(path, line, "not valid UTF-8") from exc
-            yield before, text, not block
+            yield before, data, not block
             if not block:
                 return
-            before += text.count("\n")
+            before += data.count(b"\n")
 
 
-def iter_raw(path: Path) -> Iterator[tuple[int, str]]:
+def _decode(path: Path, data: bytes, first_line: int) -> str:
+    """``data``, starting at line ``first_line``, as text; CsvFormatError names the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + data.count(b"\n", 0, exc.start)
+        raise CsvFormatError(path, line, "not valid UTF-8") from exc
+
+
+class _Records:
+    """Joins the lines of a file into records, as ``iter_raw`` describes."""
+
+    __slots__ = ("pending", "start")
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.start = 0
+
+    def line(self, lineno: int, line: str) -> tuple[int, str] | None:
+        """Take line ``lineno`` (without its line feed); the record it ends, if any."""
+        if self.pending:
+            self.pending.append(line + "\n")
+            if _inside_quotes(line, True):
+                return None
+            record = self.start, _without_line_end("".join(self.pending))
+            self.pending = []
+            return record
+        if '"' in line:
+            if _inside_quotes(line, False):
+                self.pending = [line + "\n"]
+                self.start = lineno
+                return None
+            return lineno, line[:-1] if line.endswith("\r") else line
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line or line.isspace():
+            return None
+        return lineno, line
+
+    def end(self, lineno: int, tail: str) -> tuple[int, str] | None:
+        """The last record, given the text after the final line feed (line ``lineno + 1``)."""
+        if self.pending:
+            return self.start, _without_line_end("".join(self.pending) + tail)
+        if tail and ('"' in tail or not tail.isspace()):
+            return lineno + 1, tail
+        return None
+
+
+def iter_raw(path: Path, *, skip: int = 0,
+             fast: Fast | None = None) -> Generator[tuple[int, str], None, None]:
     """Yield each record of a UTF-8 CSV file as (starting line, raw text), skipping blank lines.
 
     Lines end at a line feed; one carriage return before it belongs to the line end. A
     record continues onto the next line while it holds an odd number of quotes; an
     unterminated quote at the end of the file yields the rest of the file as one record.
     Raises CsvFormatError naming the line when the file is not valid UTF-8.
+
+    The first ``skip`` records are read but not yielded. After them, ``fast`` (when given)
+    is offered the bytes of each line that starts a record: it takes as many lines as it
+    can, and their records are not yielded; the lines it leaves are read here.
     """
-    pending: list[str] = []
-    start = lineno = 0
-    for before, text, last in _blocks(path):
-        lines = text.split("\n")
+    if fast is not None:
+        yield from _with_fast(path, skip, fast)
+        return
+    records = _Records()
+    for before, data, last in _blocks(path):
+        lines = _decode(path, data, before + 1).split("\n")
         # Every piece but the last ended with a line feed. The last piece is empty, or
         # (in the last block only) a final line without a line feed.
         tail = lines.pop()
         lineno = before
         for line in lines:
             lineno += 1
-            if pending:
-                pending.append(line + "\n")
-                if not _inside_quotes(line, True):
-                    yield start, _without_line_end("".join(pending))
-                    pending = []
-                continue
-            if '"' in line:
-                if _inside_quotes(line, False):
-                    pending = [line + "\n"]
-                    start = lineno
-                    continue
-                yield lineno, line[:-1] if line.endswith("\r") else line
-                continue
-            if line.endswith("\r"):
-                line = line[:-1]
-            if not line or line.isspace():
-                continue
-            yield lineno, line
+            record = records.line(lineno, line)
+            if record is not None:
+                if skip:
+                    skip -= 1
+                else:
+                    yield record
         if last:
-            if pending:
-                yield start, _without_line_end("".join(pending) + tail)
-            elif tail and ('"' in tail or not tail.isspace()):
-                yield lineno + 1, tail
+            record = records.end(lineno, tail)
+            if record is not None and not skip:
+                yield record
+
+
+def _with_fast(path: Path, skip: int, fast: Fast) -> Iterator[tuple[int, str]]:
+    """``iter_raw`` with ``fast`` taking what lines it can."""
+    records = _Records()
+    for before, data, last in _blocks(path):
+        pos, lineno = 0, before
+        while True:
+            if not skip and not records.pending:
+                pos, lineno = fast(data, pos, lineno)
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            lineno += 1
+            record = records.line(lineno, _decode(path, data[pos:end], lineno))
+            pos = end + 1
+            if record is not None:
+                if skip:
+                    skip -= 1
+                else:
+                    yield record
+        if last:
+            record = records.end(lineno, _decode(path, data[pos:], lineno + 1))
+            if record is not None and not skip:
+                yield record
 
 
 def split_fields(text: str) -> list[str]:
@@ -332,11 +397,13 @@ class CopyText:
     text; ``accepts(type_name)`` tells for which column types that holds. A timestamp's
     ``zone`` pattern may follow it: PostgreSQL's ``timestamp`` input ignores a zone, so the
     loader converts zoned text to UTC itself. Text the pattern does not match is parsed in
-    Python as usual; the pattern only lets the common shapes skip that work.
+    Python as usual; the pattern only lets the common shapes skip that work. ``kind`` names
+    the same shape, with its size, for the compiled scanner (``loader._fastcsv``).
     """
 
     pattern: str
     accepts: Callable[[str], bool]
+    kind: tuple[str, int]
     zone: str | None = None
 
 
@@ -371,7 +438,8 @@ def _fits_decimal(type_name: str) -> bool:
 
 # What ``str.strip`` leaves: no white space at either end. Quotes, commas, backslashes and
 # line ends (which COPY's text format would need escaped) are left to the slow path.
-_PLAIN_TEXT = CopyText(r'[^\s",\\\x00](?:[^",\\\t\r\n\x00]*[^\s",\\\x00])?', _any_type)
+_PLAIN_TEXT = CopyText(r'[^\s",\\\x00](?:[^",\\\t\r\n\x00]*[^\s",\\\x00])?', _any_type,
+                       ("text", 0))
 
 
 def parse_int(text: str) -> int:
@@ -382,7 +450,8 @@ def parse_int(text: str) -> int:
 
 
 # At most 18 digits: always inside a 64-bit integer.
-parse_int.copy_text = CopyText(r"[+-]?[0-9]{1,18}", lambda t: t == "integer")  # type: ignore[attr-defined]
+parse_int.copy_text = CopyText(  # type: ignore[attr-defined]
+    r"[+-]?[0-9]{1,18}", lambda t: t == "integer", ("integer", 0))
 
 
 def parse_decimal(places: int) -> Callable[[str], Decimal]:
@@ -400,7 +469,8 @@ def parse_decimal(places: int) -> Callable[[str], Decimal]:
 
     fraction_text = rf"(?:\.[0-9]{{1,{places}}})?" if places else ""
     parse.copy_text = CopyText(  # type: ignore[attr-defined]
-        rf"[+-]?[0-9]{{1,{_DECIMAL_DIGITS}}}{fraction_text}", _fits_decimal)
+        rf"[+-]?[0-9]{{1,{_DECIMAL_DIGITS}}}{fraction_text}", _fits_decimal,
+        ("decimal", places))
     return parse
 
 
@@ -416,7 +486,8 @@ def parse_code(length: int) -> Callable[[str], str]:
             raise ValueError(f"not a code of {length} letters: {text!r}")
         return text.upper()
 
-    parse.copy_text = CopyText(rf"[A-Z]{{{length}}}", _any_type)  # type: ignore[attr-defined]
+    parse.copy_text = CopyText(  # type: ignore[attr-defined]
+        rf"[A-Z]{{{length}}}", _any_type, ("code", length))
     return parse
 
 
@@ -427,9 +498,11 @@ def parse_date(text: str) -> date:
     return date.fromisoformat(text)
 
 
-parse_date.copy_text = CopyText(_DATE_TEXT, lambda t: t == "date")  # type: ignore[attr-defined]
+parse_date.copy_text = CopyText(  # type: ignore[attr-defined]
+    _DATE_TEXT, lambda t: t == "date", ("date", 0))
 parse_timestamp.copy_text = CopyText(  # type: ignore[attr-defined]
-    rf"{_DATE_TEXT}(?:[T ]{_TIME_TEXT})?", lambda t: t == "timestamp", zone=_ZONE_TEXT)
+    rf"{_DATE_TEXT}(?:[T ]{_TIME_TEXT})?", lambda t: t == "timestamp", ("timestamp", 0),
+    zone=_ZONE_TEXT)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 help: ## Show the targets and what they do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t16
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py loader/_fastcsv.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

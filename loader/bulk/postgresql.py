@@ -28,8 +28,9 @@ def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any
 
 @contextmanager
 def text_writer(conn: Connection, table: str,
-                columns: Sequence[str]) -> Iterator[Callable[[str], None]]:
-    """A function that sends lines already in COPY's text format to ``table``'s ``columns``."""
+                columns: Sequence[str]) -> Iterator[Callable[[str | bytes], None]]:
+    """A function that sends lines already in COPY's text format to ``table``'s ``columns``
+    (as text, or as UTF-8 bytes)."""
     preparer = conn.dialect.identifier_preparer
     sql = (f"COPY {preparer.quote(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
            "FROM STDIN")

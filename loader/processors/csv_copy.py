@@ -11,7 +11,7 @@ Either way the stored values are the parsers' values.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from operator import itemgetter
@@ -19,7 +19,27 @@ from typing import Any
 
 from loader.sources.csvfile import copy_text_of
 
+try:
+    from loader import _fastcsv
+except ImportError:  # built without a C compiler: every record goes through Python
+    _fastcsv = None  # type: ignore[assignment]
+
+# Whether the compiled path (``loader._fastcsv``) is built.
+COMPILED = _fastcsv is not None
 NULL = "\\N"
+
+
+def hashes(values: Iterable[int] = ()) -> Any:
+    """A set of row hashes: the compiled one when it is built, else a ``set``."""
+    return set(values) if _fastcsv is None else _fastcsv.Hashes(values)
+
+
+def hashes_from_bytes(data: bytes) -> Any:
+    """The hashes in ``data``, 8 bytes each, big-endian (PostgreSQL's ``int8send``)."""
+    if _fastcsv is None:
+        return {int.from_bytes(data[i:i + 8], "big", signed=True)
+                for i in range(0, len(data), 8)}
+    return _fastcsv.Hashes.from_bytes(data)
 _SPECIAL = re.compile(r"[\\\t\n\r]")
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -65,15 +85,19 @@ class RowPattern:
     """One regular expression for a whole plain record; None from ``build`` if unusable.
 
     ``fields(raw)`` returns the COPY text of the record's fields in ``order`` (names of
-    the header), or None when the record has another shape.
+    the header), or None when the record has another shape. ``scanner`` gives the same
+    for whole blocks of lines, compiled, when ``loader._fastcsv`` is built.
     """
 
     def __init__(self, regex: re.Pattern[str], order: list[int],
-                 zones: list[tuple[int, int]]) -> None:
+                 zones: list[tuple[int, int]], kinds: list[tuple[str, int, bool]],
+                 positions: list[int]) -> None:
         self._match = regex.fullmatch
         self._pick = itemgetter(*order) if len(order) > 1 else (lambda g: (g[order[0]],))
         self._zones = zones
         self._utc: dict[str, str] = {}
+        self.kinds = kinds
+        self.positions = positions
 
     @classmethod
     def build(cls, header: Sequence[str], columns: dict[str, Column],
@@ -87,6 +111,7 @@ class RowPattern:
         parts: list[str] = []
         group_of: dict[str, int] = {}
         zones: list[tuple[int, int]] = []
+        kinds: list[tuple[str, int, bool]] = []
         groups = 0
         for name in header:
             column = columns.get(name)
@@ -96,6 +121,7 @@ class RowPattern:
             if column is not None and column.key and column.parse is not None:
                 return None
             optional = "" if column is not None and (column.key or not column.nullable) else "?"
+            kinds.append((*form.kind, optional == "?"))
             group_of[name] = groups
             groups += 1
             if form.zone is None:
@@ -105,7 +131,22 @@ class RowPattern:
                 zones.append((groups - 1, groups))
                 groups += 1
         regex = re.compile(",".join(parts))
-        return cls(regex, [group_of[name] for name in order], zones)
+        return cls(regex, [group_of[name] for name in order], zones, kinds,
+                   [list(header).index(name) for name in order])
+
+    def scanner(self, key: Sequence[int], prefix: str, salt: bytes, stored: Any,
+                staged_at: dict[Any, int], raws: dict[int, str], keep: int) -> Any:
+        """The compiled scanner for this pattern, or None when it is not built.
+
+        ``key`` holds the positions in ``order`` of the key's fields; the rest is the
+        state of the Python loop, which the scanner shares (see ``loader._fastcsv``):
+        ``stored`` must then be ``hashes()``.
+        """
+        if _fastcsv is None:
+            return None
+        return _fastcsv.Scanner(self.kinds, self.positions,
+                                [self.positions[i] for i in key], prefix.encode(), salt,
+                                stored, staged_at, raws, keep)
 
     def fields(self, raw: str) -> tuple[str, ...] | None:
         found = self._match(raw)

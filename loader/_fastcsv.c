@@ -1,0 +1,966 @@
+/* The compiled path for plain CSV records: check, hash and write them as COPY text.
+ *
+ * A Scanner takes the lines of a block of the file, one after another, for as long as
+ * each is a plain record: no quotes, every field in the shape that
+ * ``loader.processors.csv_copy.RowPattern`` accepts. For each such record it does what
+ * the Python loop in ``loader.processors.csv_extract`` does for it: the keyed BLAKE2b
+ * hash of its text, the check against the hashes stored by the previous load, the check
+ * for a key seen before, and the COPY text line. It stops, without side effects, at the
+ * first line it cannot take, and Python handles that line; so every record the two
+ * paths could disagree on is decided by Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
+
+static const uint64_t blake2b_iv[8] = {
+    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL,
+    0xA54FF53A5F1D36F1ULL, 0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL,
+    0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL};
+
+static const uint8_t blake2b_sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+
+#define ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+#define G(a, b, c, d, x, y)              \
+    do {                                 \
+        v[a] = v[a] + v[b] + (x);        \
+        v[d] = ROTR64(v[d] ^ v[a], 32);  \
+        v[c] = v[c] + v[d];              \
+        v[b] = ROTR64(v[b] ^ v[c], 24);  \
+        v[a] = v[a] + v[b] + (y);        \
+        v[d] = ROTR64(v[d] ^ v[a], 16);  \
+        v[c] = v[c] + v[d];              \
+        v[b] = ROTR64(v[b] ^ v[c], 63);  \
+    } while (0)
+
+static uint64_t load64(const uint8_t *p) {
+    uint64_t w = 0;
+    for (int i = 7; i >= 0; i--) w = (w << 8) | p[i];
+    return w;
+}
+
+/* One compression of the 128-byte ``block``; ``t`` bytes so far, ``last`` for the final. */
+static void blake2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = blake2b_iv[i];
+    }
+    v[12] ^= t; /* the high word of the counter stays 0: records are far below 2^64 bytes */
+    if (last) v[14] = ~v[14];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = blake2b_sigma[r];
+        G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The state after the key block of a keyed 8-byte BLAKE2b: every non-empty message
+ * starts from it. */
+static void blake2b_keyed_start(uint64_t h[8], const uint8_t *key, size_t keylen) {
+    uint8_t block[128] = {0};
+    for (int i = 0; i < 8; i++) h[i] = blake2b_iv[i];
+    h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ 8;
+    memcpy(block, key, keylen);
+    blake2b_compress(h, block, 128, 0);
+}
+
+/* The keyed hash of a non-empty ``data``, as Python's
+ * ``int.from_bytes(blake2b(data, digest_size=8, key=...).digest(), "big", signed=True)``. */
+static int64_t blake2b_record(const uint64_t start[8], const uint8_t *data, size_t len) {
+    uint64_t h[8];
+    uint8_t block[128];
+    uint64_t t = 128;
+    memcpy(h, start, sizeof h);
+    while (len > 128) {
+        t += 128;
+        blake2b_compress(h, data, t, 0);
+        data += 128;
+        len -= 128;
+    }
+    memset(block, 0, sizeof block);
+    memcpy(block, data, len);
+    t += len;
+    blake2b_compress(h, block, t, 1);
+    /* The digest is h[0] in little-endian bytes; read big-endian, it is h[0] swapped. */
+    uint64_t x = h[0], swapped = 0;
+    for (int i = 0; i < 8; i++) {
+        swapped = (swapped << 8) | (x & 0xFF);
+        x >>= 8;
+    }
+    return (int64_t)swapped;
+}
+
+/* ------------------------------------------------------------------ fields */
+
+enum kind { K_TEXT, K_INT, K_DECIMAL, K_CODE, K_DATE, K_TIMESTAMP };
+
+typedef struct {
+    int kind;
+    int size;     /* places of a decimal, letters of a code */
+    int optional; /* may be empty (NULL) */
+} FieldSpec;
+
+#define MAX_FIELDS 1024
+
+static int is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+
+static int digits(const uint8_t *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_digit(p[i])) return 0;
+    return 1;
+}
+
+/* An end of plain text: not white space (as Python's ``\s``), a quote, a comma, a
+ * backslash, NUL, nor any byte of a non-ASCII character (left to Python). */
+static int text_end_ok(uint8_t c) {
+    if (c >= 0x80 || c == 0 || c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F))
+        return 0;
+    return c != '"' && c != ',' && c != '\\';
+}
+
+static int text_ok(const uint8_t *p, Py_ssize_t n) {
+    if (!text_end_ok(p[0]) || !text_end_ok(p[n - 1])) return 0;
+    for (Py_ssize_t i = 1; i < n - 1; i++) {
+        uint8_t c = p[i];
+        if (c == '"' || c == ',' || c == '\\' || c == '\t' || c == '\r' || c == '\n' || c == 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int int_ok(const uint8_t *p, Py_ssize_t n) {
+    if (n > 0 && (p[0] == '+' || p[0] == '-')) {
+        p++;
+        n--;
+    }
+    return n >= 1 && n <= 18 && digits(p, n);
+}
+
+static int decimal_ok(const uint8_t *p, Py_ssize_t n, int places) {
+    Py_ssize_t i = 0, whole = 0;
+    if (n > 0 && (p[0] == '+' || p[0] == '-')) i = 1;
+    while (i + whole < n && is_digit(p[i + whole])) whole++;
+    if (whole < 1 || whole > 15) return 0;
+    i += whole;
+    if (i == n) return 1;
+    if (places == 0 || p[i] != '.') return 0;
+    i++;
+    Py_ssize_t fraction = n - i;
+    return fraction >= 1 && fraction <= places && digits(p + i, fraction);
+}
+
+static int code_ok(const uint8_t *p, Py_ssize_t n, int size) {
+    if (n != size) return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] < 'A' || p[i] > 'Z') return 0;
+    return 1;
+}
+
+static int two(const uint8_t *p) { return (p[0] - '0') * 10 + (p[1] - '0'); }
+
+/* ``YYYY-MM-DD`` of a day that exists, except 29 February (left to Python) and year 0. */
+static int date_ok(const uint8_t *p) {
+    if (!digits(p, 4) || p[4] != '-' || !digits(p + 5, 2) || p[7] != '-' || !digits(p + 8, 2))
+        return 0;
+    if (p[0] == '0' && p[1] == '0' && p[2] == '0' && p[3] == '0') return 0;
+    int month = two(p + 5), day = two(p + 8);
+    if (month < 1 || month > 12 || day < 1) return 0;
+    if (day <= 28) return 1;
+    if (day <= 30) return month != 2;
+    return day == 31 && (month == 1 || month == 3 || month == 5 || month == 7 || month == 8 ||
+                         month == 10 || month == 12);
+}
+
+/* ``HH:MM``, ``HH:MM:SS`` or ``HH:MM:SS.f`` (1 to 6 digits): its length, else 0. */
+static Py_ssize_t time_length(const uint8_t *p, Py_ssize_t n) {
+    if (n < 5 || !digits(p, 2) || p[2] != ':' || !digits(p + 3, 2)) return 0;
+    if (two(p) > 23 || p[3] > '5') return 0;
+    if (n < 8 || p[5] != ':') return 5;
+    if (!digits(p + 6, 2) || p[6] > '5') return 5;
+    if (n < 10 || p[8] != '.') return 8;
+    Py_ssize_t f = 0;
+    while (9 + f < n && is_digit(p[9 + f])) f++;
+    return f >= 1 && f <= 6 ? 9 + f : 8;
+}
+
+/* ``Z`` or ``±HH:MM`` with HH at most 23 and MM at most 59. */
+static int zone_ok(const uint8_t *p, Py_ssize_t n) {
+    if (n == 1) return p[0] == 'Z';
+    return n == 6 && (p[0] == '+' || p[0] == '-') && digits(p + 1, 2) && two(p + 1) <= 23 &&
+           p[3] == ':' && digits(p + 4, 2) && p[4] <= '5';
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (H. Hinnant's algorithms). */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int *m, int *d) {
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+/* ------------------------------------------------------------------ output buffer */
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+} Buffer;
+
+static int buffer_reserve(Buffer *b, Py_ssize_t more) {
+    if (b->size + more <= b->capacity) return 0;
+    Py_ssize_t capacity = b->capacity ? b->capacity : 1 << 16;
+    while (capacity < b->size + more) capacity *= 2;
+    char *data = PyMem_Realloc(b->data, capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->capacity = capacity;
+    return 0;
+}
+
+static void put(Buffer *b, const void *p, Py_ssize_t n) {
+    memcpy(b->data + b->size, p, n);
+    b->size += n;
+}
+
+/* ------------------------------------------------------------------ a set of hashes */
+
+/* The row hashes stored by the previous load, as a set of int64 with open addressing:
+ * the hashes are BLAKE2b output, so their low bits spread well after a multiply. */
+typedef struct {
+    PyObject_HEAD
+    int64_t *values;
+    uint8_t *state; /* per slot: 0 empty, 1 taken, 2 removed */
+    Py_ssize_t capacity, count, used;
+} Hashes;
+
+static PyTypeObject HashesType;
+
+static Py_ssize_t slot_of(const Hashes *h, int64_t value) {
+    uint64_t mixed = (uint64_t)value * 0x9E3779B97F4A7C15ULL;
+    return (Py_ssize_t)(mixed >> 32) & (h->capacity - 1);
+}
+
+/* The slot holding ``value``, else -1. */
+static Py_ssize_t hashes_find(const Hashes *h, int64_t value) {
+    if (h->capacity == 0) return -1;
+    for (Py_ssize_t i = slot_of(h, value);; i = (i + 1) & (h->capacity - 1)) {
+        if (h->state[i] == 0) return -1;
+        if (h->state[i] == 1 && h->values[i] == value) return i;
+    }
+}
+
+static int hashes_resize(Hashes *h, Py_ssize_t capacity) {
+    int64_t *values = PyMem_Calloc(capacity, sizeof *values);
+    uint8_t *state = PyMem_Calloc(capacity, 1);
+    if (values == NULL || state == NULL) {
+        PyMem_Free(values);
+        PyMem_Free(state);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int64_t *old_values = h->values;
+    uint8_t *old_state = h->state;
+    Py_ssize_t old_capacity = h->capacity;
+    h->values = values;
+    h->state = state;
+    h->capacity = capacity;
+    h->used = h->count;
+    for (Py_ssize_t j = 0; j < old_capacity; j++) {
+        if (old_state[j] != 1) continue;
+        Py_ssize_t i = slot_of(h, old_values[j]);
+        while (state[i]) i = (i + 1) & (capacity - 1);
+        state[i] = 1;
+        values[i] = old_values[j];
+    }
+    PyMem_Free(old_values);
+    PyMem_Free(old_state);
+    return 0;
+}
+
+static int hashes_add(Hashes *h, int64_t value) {
+    if ((h->used + 1) * 2 > h->capacity) {
+        Py_ssize_t capacity = 1024;
+        while (capacity < (h->count + 1) * 3) capacity *= 2;
+        if (hashes_resize(h, capacity) < 0) return -1;
+    }
+    Py_ssize_t i = slot_of(h, value);
+    while (h->state[i]) {
+        if (h->state[i] == 1 && h->values[i] == value) return 0;
+        i = (i + 1) & (h->capacity - 1);
+    }
+    h->state[i] = 1;
+    h->values[i] = value;
+    h->count++;
+    h->used++;
+    return 0;
+}
+
+/* Remove ``value``: 1 if it was there, else 0. */
+static int hashes_discard(Hashes *h, int64_t value) {
+    Py_ssize_t i = hashes_find(h, value);
+    if (i < 0) return 0;
+    h->state[i] = 2;
+    h->count--;
+    return 1;
+}
+
+static int hashes_value(PyObject *o, int64_t *value) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow) return 0;
+    *value = v;
+    return 1;
+}
+
+static int Hashes_init(Hashes *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"values", NULL};
+    PyObject *values = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O", kwlist, &values)) return -1;
+    if (values == NULL) return 0;
+    PyObject *it = PyObject_GetIter(values);
+    if (it == NULL) return -1;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        int64_t v;
+        int ok = hashes_value(item, &v);
+        Py_DECREF(item);
+        if (ok == 0) PyErr_SetString(PyExc_OverflowError, "a hash is a 64-bit integer");
+        if (ok <= 0 || hashes_add(self, v) < 0) {
+            Py_DECREF(it);
+            return -1;
+        }
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static void Hashes_dealloc(Hashes *self) {
+    PyMem_Free(self->values);
+    PyMem_Free(self->state);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t Hashes_len(Hashes *self) { return self->count; }
+
+static int Hashes_contains(Hashes *self, PyObject *o) {
+    int64_t v;
+    int ok = hashes_value(o, &v);
+    if (ok <= 0) return ok;
+    return hashes_find(self, v) >= 0;
+}
+
+static PyObject *Hashes_discard(Hashes *self, PyObject *o) {
+    int64_t v;
+    int ok = hashes_value(o, &v);
+    if (ok < 0) return NULL;
+    if (ok) hashes_discard(self, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Hashes_add(Hashes *self, PyObject *o) {
+    int64_t v;
+    int ok = hashes_value(o, &v);
+    if (ok == 0) PyErr_SetString(PyExc_OverflowError, "a hash is a 64-bit integer");
+    if (ok <= 0 || hashes_add(self, v) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static uint32_t be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+PyDoc_STRVAR(from_bytes_doc,
+"from_bytes(data) -> Hashes\n\n"
+"The hashes in ``data``, each 8 bytes big-endian, as PostgreSQL's ``int8send`` writes them.");
+
+static PyObject *Hashes_from_bytes(PyObject *cls, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *p = view.buf;
+    Hashes *h = NULL;
+    if (view.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "not a whole number of 8-byte hashes");
+        goto done;
+    }
+    h = (Hashes *)PyObject_CallNoArgs(cls);
+    if (h == NULL) goto done;
+    for (Py_ssize_t i = 0; i < view.len; i += 8) {
+        uint64_t v = (uint64_t)be32(p + i) << 32 | be32(p + i + 4);
+        if (hashes_add(h, (int64_t)v) < 0) {
+            Py_CLEAR(h);
+            goto done;
+        }
+    }
+done:
+    PyBuffer_Release(&view);
+    return (PyObject *)h;
+}
+
+typedef struct {
+    PyObject_HEAD
+    Hashes *owner;
+    Py_ssize_t at;
+} HashesIter;
+
+static void HashesIter_dealloc(HashesIter *self) {
+    Py_XDECREF(self->owner);
+    PyObject_Free(self);
+}
+
+static PyObject *HashesIter_next(HashesIter *self) {
+    Hashes *h = self->owner;
+    while (self->at < h->capacity) {
+        Py_ssize_t i = self->at++;
+        if (h->state[i] == 1) return PyLong_FromLongLong(h->values[i]);
+    }
+    return NULL;
+}
+
+static PyTypeObject HashesIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loader._fastcsv.HashesIterator",
+    .tp_basicsize = sizeof(HashesIter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)HashesIter_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)HashesIter_next,
+};
+
+static PyObject *Hashes_iter(Hashes *self) {
+    HashesIter *it = PyObject_New(HashesIter, &HashesIterType);
+    if (it == NULL) return NULL;
+    Py_INCREF(self);
+    it->owner = self;
+    it->at = 0;
+    return (PyObject *)it;
+}
+
+static PySequenceMethods Hashes_as_sequence = {
+    .sq_length = (lenfunc)Hashes_len,
+    .sq_contains = (objobjproc)Hashes_contains,
+};
+
+static PyMethodDef Hashes_methods[] = {
+    {"discard", (PyCFunction)Hashes_discard, METH_O, "Remove a hash if present."},
+    {"add", (PyCFunction)Hashes_add, METH_O, "Add a hash."},
+    {"from_bytes", (PyCFunction)Hashes_from_bytes, METH_O | METH_CLASS, from_bytes_doc},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject HashesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loader._fastcsv.Hashes",
+    .tp_basicsize = sizeof(Hashes),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Hashes(values=()): a set of signed 64-bit hashes, for the stored row hashes.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Hashes_init,
+    .tp_dealloc = (destructor)Hashes_dealloc,
+    .tp_as_sequence = &Hashes_as_sequence,
+    .tp_iter = (getiterfunc)Hashes_iter,
+    .tp_methods = Hashes_methods,
+};
+
+/* ------------------------------------------------------------------ the scanner */
+
+typedef struct {
+    PyObject_HEAD
+    int nfields;
+    FieldSpec fields[MAX_FIELDS];
+    int norder;
+    int order[MAX_FIELDS]; /* header positions of the output fields, in output order */
+    int nkey;
+    int key[MAX_FIELDS];   /* header positions of the key fields */
+    char *prefix;          /* the partition value as COPY text, and a tab */
+    Py_ssize_t prefix_size;
+    uint64_t hash_start[8];
+    Hashes *stored;        /* the stored hashes not yet matched */
+    PyObject *staged_at;   /* dict: key -> line */
+    PyObject *raws;        /* dict: line -> text, for up to ``keep`` records */
+    Py_ssize_t keep;
+    Buffer out;
+    Buffer matched;        /* int64 hashes of the records that matched ``stored`` */
+    Buffer matched_at;     /* int64 lines of those records */
+} Scanner;
+
+static void Scanner_dealloc(Scanner *self) {
+    Py_XDECREF(self->stored);
+    PyMem_Free(self->matched.data);
+    PyMem_Free(self->matched_at.data);
+    Py_XDECREF(self->staged_at);
+    Py_XDECREF(self->raws);
+    PyMem_Free(self->prefix);
+    PyMem_Free(self->out.data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int int_list(PyObject *seq, int *into, int *count, int limit, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_FIELDS) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "%s: too many fields", what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        if (v < 0 || v >= limit) {
+            Py_DECREF(fast);
+            PyErr_Format(PyExc_ValueError, "%s: position %ld out of range", what, v);
+            return -1;
+        }
+        into[i] = (int)v;
+    }
+    *count = (int)n;
+    Py_DECREF(fast);
+    return 0;
+}
+
+static const char *kind_names[] = {"text", "integer", "decimal", "code", "date", "timestamp"};
+
+static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fields", "order", "key", "prefix", "salt", "stored", "staged_at",
+                             "raws", "keep", NULL};
+    PyObject *fields, *order, *key, *stored, *staged_at, *raws;
+    Py_buffer prefix, salt;
+    Py_ssize_t keep;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOy*y*OOOn", kwlist, &fields, &order, &key,
+                                     &prefix, &salt, &stored, &staged_at, &raws, &keep))
+        return -1;
+    int result = -1;
+    PyObject *fast = NULL;
+    if (salt.len > 64) {
+        PyErr_SetString(PyExc_ValueError, "salt: at most 64 bytes");
+        goto done;
+    }
+    if (!PyObject_TypeCheck(stored, &HashesType) || !PyDict_Check(staged_at) ||
+        !PyDict_Check(raws)) {
+        PyErr_SetString(PyExc_TypeError, "stored must be Hashes, staged_at and raws dicts");
+        goto done;
+    }
+    fast = PySequence_Fast(fields, "fields must be a sequence of (kind, size, optional)");
+    if (fast == NULL) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n < 1 || n > MAX_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "fields: between 1 and 1024 needed");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *kind;
+        int size, optional;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sip", &kind, &size, &optional))
+            goto done;
+        int k = -1;
+        for (int j = 0; j < 6; j++)
+            if (strcmp(kind, kind_names[j]) == 0) k = j;
+        if (k < 0 || size < 0 || (k == K_CODE && size < 1) || (k == K_DECIMAL && size > 13)) {
+            PyErr_Format(PyExc_ValueError, "fields: unknown field (%s, %d)", kind, size);
+            goto done;
+        }
+        self->fields[i] = (FieldSpec){k, size, optional};
+    }
+    self->nfields = (int)n;
+    if (int_list(order, self->order, &self->norder, self->nfields, "order") < 0 ||
+        int_list(key, self->key, &self->nkey, self->nfields, "key") < 0)
+        goto done;
+    if (self->nkey < 1) {
+        PyErr_SetString(PyExc_ValueError, "key: at least one field");
+        goto done;
+    }
+    self->prefix = PyMem_Malloc(prefix.len + 1);
+    if (self->prefix == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(self->prefix, prefix.buf, prefix.len);
+    self->prefix_size = prefix.len;
+    blake2b_keyed_start(self->hash_start, salt.buf, (size_t)salt.len);
+    Py_XDECREF(self->stored);
+    Py_INCREF(stored);
+    self->stored = (Hashes *)stored;
+    Py_INCREF(staged_at);
+    self->staged_at = staged_at;
+    Py_INCREF(raws);
+    self->raws = raws;
+    self->keep = keep;
+    result = 0;
+done:
+    Py_XDECREF(fast);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&salt);
+    return result;
+}
+
+/* Whether ``p[0:n]`` is valid UTF-8 as Python decodes it (no overlong forms, no
+ * surrogates, nothing past U+10FFFF). */
+static int utf8_ok(const uint8_t *p, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        uint8_t c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int more;
+        uint8_t low = 0x80, high = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0) low = 0xA0;
+            if (c == 0xED) high = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0) low = 0x90;
+            if (c == 0xF4) high = 0x8F;
+        } else {
+            return 0;
+        }
+        if (i + more >= n) return 0;
+        if (p[i + 1] < low || p[i + 1] > high) return 0;
+        for (int j = 2; j <= more; j++)
+            if (p[i + j] < 0x80 || p[i + j] > 0xBF) return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+typedef struct {
+    Py_ssize_t start, end;
+} Span;
+
+/* The output text of a timestamp field ``p[0:n]`` into ``b``; 0 when not plain. */
+static int timestamp_out(const uint8_t *p, Py_ssize_t n, Buffer *b) {
+    if (n < 10 || !date_ok(p)) return 0;
+    Py_ssize_t local = 10;
+    if (n > 10 && (p[10] == 'T' || p[10] == ' ')) {
+        Py_ssize_t t = time_length(p + 11, n - 11);
+        if (t) local = 11 + t;
+    }
+    if (local == n) {
+        put(b, p, n);
+        return 1;
+    }
+    if (!zone_ok(p + local, n - local) || local == 10) return 0; /* a zone needs a time */
+    if (p[local] == 'Z') {
+        put(b, p, local);
+        return 1;
+    }
+    const uint8_t *z = p + local;
+    int64_t offset = (int64_t)(two(z + 1) * 60 + two(z + 4)) * (z[0] == '-' ? -1 : 1);
+    int64_t year = (p[0] - '0') * 1000 + (p[1] - '0') * 100 + two(p + 2);
+    int64_t minutes = (days_from_civil(year, two(p + 5), two(p + 8)) * 24 + two(p + 11)) * 60 +
+                      two(p + 14) - offset;
+    int64_t days = minutes >= 0 ? minutes / 1440 : -((-minutes + 1439) / 1440);
+    int64_t of_day = minutes - days * 1440;
+    int month, day;
+    civil_from_days(days, &year, &month, &day);
+    if (year < 1 || year > 9999) return 0;
+    char head[48];
+    snprintf(head, sizeof head, "%04d-%02d-%02d %02d:%02d", (int)year, month, day,
+             (int)(of_day / 60), (int)(of_day % 60));
+    put(b, head, 16);
+    put(b, p + 16, local - 16);
+    return 1;
+}
+
+/* Check the fields of one record and write its output fields to ``b`` (which has room
+ * for the record's length plus the prefix, tabs and hash); 0 when the record is not
+ * plain, with ``b`` as it was. */
+static int record_out(Scanner *self, const uint8_t *p, Py_ssize_t n, Span *spans, Buffer *b) {
+    Py_ssize_t at = 0;
+    int count = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        if (i == n || p[i] == ',') {
+            if (count == self->nfields) return 0;
+            spans[count].start = at;
+            spans[count].end = i;
+            count++;
+            at = i + 1;
+        }
+    }
+    if (count != self->nfields) return 0;
+    for (int i = 0; i < count; i++) {
+        const uint8_t *f = p + spans[i].start;
+        Py_ssize_t len = spans[i].end - spans[i].start;
+        FieldSpec *spec = &self->fields[i];
+        if (len == 0) {
+            if (!spec->optional) return 0;
+            continue;
+        }
+        int ok = 0;
+        switch (spec->kind) {
+        case K_TEXT: ok = text_ok(f, len); break;
+        case K_INT: ok = int_ok(f, len); break;
+        case K_DECIMAL: ok = decimal_ok(f, len, spec->size); break;
+        case K_CODE: ok = code_ok(f, len, spec->size); break;
+        case K_DATE: ok = len == 10 && date_ok(f); break;
+        case K_TIMESTAMP: {
+            /* The longest plain timestamp: date, separator, time to microseconds, zone. */
+            char text[32];
+            Buffer scratch = {text, 0, sizeof text};
+            ok = len <= 32 && timestamp_out(f, len, &scratch);
+            break;
+        }
+        }
+        if (!ok) return 0;
+    }
+    Py_ssize_t before = b->size;
+    put(b, self->prefix, self->prefix_size);
+    for (int j = 0; j < self->norder; j++) {
+        int i = self->order[j];
+        const uint8_t *f = p + spans[i].start;
+        Py_ssize_t len = spans[i].end - spans[i].start;
+        if (j) put(b, "\t", 1);
+        if (len == 0) {
+            put(b, "\\N", 2);
+        } else if (self->fields[i].kind == K_TIMESTAMP) {
+            if (!timestamp_out(f, len, b)) {
+                b->size = before;
+                return 0;
+            }
+        } else {
+            put(b, f, len);
+        }
+    }
+    return 1;
+}
+
+/* The key of a record: the text of its key field, or a tuple of them. */
+static PyObject *record_key(Scanner *self, const uint8_t *p, Span *spans) {
+    if (self->nkey == 1) {
+        Span s = spans[self->key[0]];
+        return PyUnicode_DecodeUTF8((const char *)p + s.start, s.end - s.start, NULL);
+    }
+    PyObject *key = PyTuple_New(self->nkey);
+    if (key == NULL) return NULL;
+    for (int i = 0; i < self->nkey; i++) {
+        Span s = spans[self->key[i]];
+        PyObject *part = PyUnicode_DecodeUTF8((const char *)p + s.start, s.end - s.start, NULL);
+        if (part == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, i, part);
+    }
+    return key;
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(data, pos, line) -> (pos, line, read, written, text, matched, matched_at)\n\n"
+"Take the plain records of ``data`` (bytes of whole lines) from byte ``pos``, where\n"
+"``line`` lines precede, until a line it cannot take or a line without its line feed.\n"
+"Returns where it stopped, the line count there, the records read and written, the\n"
+"COPY text of the written ones, and the hashes and lines (native int64 bytes) of the\n"
+"records that matched a stored hash, which leave ``stored``.");
+
+static int put_int64(Buffer *b, int64_t value) {
+    if (buffer_reserve(b, 8) < 0) return -1;
+    put(b, &value, 8);
+    return 0;
+}
+
+static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos, line;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &pos, &line)) return NULL;
+    const uint8_t *data = view.buf;
+    Py_ssize_t size = view.len, read = 0, written = 0;
+    Span spans[MAX_FIELDS];
+    Buffer *b = &self->out;
+    b->size = self->matched.size = self->matched_at.size = 0;
+    PyObject *result = NULL;
+    if (pos < 0 || pos > size) {
+        PyErr_SetString(PyExc_ValueError, "pos is outside data");
+        goto done;
+    }
+    while (pos < size) {
+        const uint8_t *start = data + pos;
+        const uint8_t *nl = memchr(start, '\n', size - pos);
+        if (nl == NULL) break;
+        Py_ssize_t n = nl - start, next = pos + (nl - start) + 1;
+        if (n > 0 && start[n - 1] == '\r') n--;
+        if (n == 0) { /* a blank line */
+            pos = next;
+            line++;
+            continue;
+        }
+        int ascii = 1, special = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            ascii &= start[i] < 0x80;
+            special |= start[i] == '"' || start[i] == 0;
+        }
+        /* A quote may open a record of several lines; NUL and bad UTF-8 are Python's
+         * errors. */
+        if (special || (!ascii && !utf8_ok(start, n))) break;
+        /* The line is one whole record: as in Python, a stored hash decides first. */
+        int64_t digest = blake2b_record(self->hash_start, start, (size_t)n);
+        if (self->stored->count && hashes_discard(self->stored, digest)) {
+            if (put_int64(&self->matched, digest) < 0 ||
+                put_int64(&self->matched_at, line + 1) < 0)
+                goto done;
+            read++;
+            pos = next;
+            line++;
+            continue;
+        }
+        if (buffer_reserve(b, n + self->prefix_size + 2 * self->norder + 32) < 0) goto done;
+        Py_ssize_t before = b->size;
+        if (!record_out(self, start, n, spans, b)) break;
+        PyObject *key = record_key(self, start, spans);
+        if (key == NULL) goto done;
+        int seen = PyDict_Contains(self->staged_at, key);
+        if (seen != 0) {
+            Py_DECREF(key);
+            if (seen < 0) goto done;
+            b->size = before; /* a duplicate: Python rejects it */
+            break;
+        }
+        PyObject *at = PyLong_FromSsize_t(line + 1);
+        if (at == NULL || PyDict_SetItem(self->staged_at, key, at) < 0) {
+            Py_XDECREF(at);
+            Py_DECREF(key);
+            goto done;
+        }
+        Py_DECREF(key);
+        if (PyDict_GET_SIZE(self->raws) < self->keep) {
+            PyObject *raw = PyUnicode_DecodeUTF8((const char *)start, n, NULL);
+            if (raw == NULL || PyDict_SetItem(self->raws, at, raw) < 0) {
+                Py_XDECREF(raw);
+                Py_DECREF(at);
+                goto done;
+            }
+            Py_DECREF(raw);
+        }
+        Py_DECREF(at);
+        b->size += snprintf(b->data + b->size, 32, "\t%lld\n", (long long)digest);
+        read++;
+        written++;
+        pos = next;
+        line++;
+    }
+    result = Py_BuildValue("nnnny#y#y#", pos, line, read, written, b->data ? b->data : "",
+                           b->size, self->matched.data ? self->matched.data : "",
+                           self->matched.size,
+                           self->matched_at.data ? self->matched_at.data : "",
+                           self->matched_at.size);
+done:
+    PyBuffer_Release(&view);
+    if (b->capacity > (1 << 24)) { /* do not keep more than 16 MiB between calls */
+        PyMem_Free(b->data);
+        b->data = NULL;
+        b->size = b->capacity = 0;
+    }
+    return result;
+}
+
+PyDoc_STRVAR(hash_doc, "record_hash(data) -> int\n\nThe keyed hash of one record's bytes.");
+
+static PyObject *Scanner_record_hash(Scanner *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (view.len == 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "a record is never empty");
+        return NULL;
+    }
+    int64_t digest = blake2b_record(self->hash_start, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(digest);
+}
+
+static PyMethodDef Scanner_methods[] = {
+    {"scan", (PyCFunction)Scanner_scan, METH_VARARGS, scan_doc},
+    {"record_hash", (PyCFunction)Scanner_record_hash, METH_O, hash_doc},
+    {NULL, NULL, 0, NULL}};
+
+PyDoc_STRVAR(Scanner_doc,
+"Scanner(fields, order, key, prefix, salt, stored, staged_at, raws, keep)\n\n"
+"``fields``: per header field, (kind, size, optional) with kind one of text, integer,\n"
+"decimal (size: places), code (size: letters), date, timestamp. ``order``: the header\n"
+"positions written, in order; ``key``: those of the key. ``prefix``: bytes written\n"
+"before each line. ``salt``: the hash key. ``stored`` (Hashes), ``staged_at`` (key to\n"
+"line) and ``raws`` (line to text, up to ``keep`` of them) are the Python loop's state.");
+
+static PyTypeObject ScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loader._fastcsv.Scanner",
+    .tp_basicsize = sizeof(Scanner),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Scanner_doc,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Scanner_init,
+    .tp_dealloc = (destructor)Scanner_dealloc,
+    .tp_methods = Scanner_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "loader._fastcsv",
+    "The compiled path for plain CSV records (see loader.processors.csv_copy).", -1, NULL,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fastcsv(void) {
+    if (PyType_Ready(&ScannerType) < 0 || PyType_Ready(&HashesType) < 0 ||
+        PyType_Ready(&HashesIterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&ScannerType);
+    if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) {
+        Py_DECREF(&ScannerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&HashesType);
+    if (PyModule_AddObject(m, "Hashes", (PyObject *)&HashesType) < 0) {
+        Py_DECREF(&HashesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

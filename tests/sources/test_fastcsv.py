@@ -1,0 +1,346 @@
+"""The compiled path for plain records (``loader._fastcsv``) agrees with the Python path.
+
+The Python path is the definition: ``RowPattern.fields`` for a record's COPY text,
+``record_hash`` for its hash, the loop of ``CsvSnapshot`` for what happens to it. The
+compiled scanner may leave a record to Python, but what it takes it must take exactly
+as Python would, and a whole load must end the same with it as without it.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import warehouse_on
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loader import CsvSnapshot, Field, run_sequence
+from loader.processors import csv_copy
+from loader.processors.csv_copy import Column, NotFast, RowPattern
+from loader.sources import csvfile
+from loader.sources.csvfile import (
+    parse_code,
+    parse_date,
+    parse_decimal,
+    parse_int,
+    parse_timestamp,
+    record_hash,
+)
+
+from .test_csvfile import _NEAR_MISS, _common_timestamps
+
+if not csv_copy.COMPILED and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+    pytest.skip("loader._fastcsv is not built (no C compiler?)", allow_module_level=True)
+
+
+def test_the_compiled_path_is_built() -> None:
+    """CI builds the extension; without it every record would silently take Python."""
+    assert csv_copy.COMPILED, "loader._fastcsv was not built (is a C compiler installed?)"
+
+
+# The columns of the drawn records: a key, then one field of each kind.
+FIELDS = [
+    ("id", None, "text", False),
+    ("at", parse_timestamp, "timestamp", False),
+    ("n", parse_int, "integer", True),
+    ("amount", parse_decimal(2), "decimal:2", True),
+    ("currency", parse_code(3), "text", True),
+    ("day", parse_date, "date", True),
+    ("note", None, "text", True),
+]
+HEADER = [name for name, *_ in FIELDS]
+SALT = b"0123456789abcdef0123456789abcdef"
+
+_TEXT = st.text(alphabet=st.sampled_from(list('ab ,"\\\t\ré\x0b\x1c\u00a0\x00\x7f')),
+                max_size=6)
+_NUMBER = st.one_of(st.from_regex(r"\A[+-]?[0-9]{1,20}(\.[0-9]{0,4})?\Z"),
+                    st.text(alphabet=st.sampled_from(list("0123456789+-. ")), max_size=8))
+_FIELD = {
+    "id": st.one_of(st.sampled_from(["k1", "k2", "k3"]), _TEXT),
+    "at": st.one_of(_common_timestamps(), _NEAR_MISS),
+    "n": _NUMBER,
+    "amount": _NUMBER,
+    "currency": st.one_of(st.sampled_from(["AUD", "usd", "EU", "EURO", ""]), _TEXT),
+    "day": st.one_of(st.dates().map(str), st.sampled_from(["2024-02-29", "2023-02-29",
+                                                            "0000-01-01", "2024-13-01", ""])),
+    "note": _TEXT,
+}
+RECORDS = st.one_of(
+    st.tuples(*(_FIELD[name] for name in HEADER)).map(",".join),
+    st.lists(st.one_of(*_FIELD.values()), max_size=9).map(",".join),
+).map(lambda raw: raw.replace("\n", " "))
+
+
+def pattern() -> RowPattern:
+    columns = {name: Column(name, parse, type_name, nullable, name == "id")
+               for name, parse, type_name, nullable in FIELDS}
+    found = RowPattern.build(HEADER, columns, HEADER)
+    assert found is not None
+    return found
+
+
+def scanner(stored: Any = None, staged_at: dict[Any, int] | None = None,
+            raws: dict[int, str] | None = None, keep: int = 0) -> Any:
+    found = pattern().scanner([0], "part\t", SALT,
+                              csv_copy.hashes() if stored is None else stored,
+                              {} if staged_at is None else staged_at,
+                              {} if raws is None else raws, keep)
+    assert found is not None
+    return found
+
+
+def python_text(raw: str) -> str | None:
+    """The COPY line the Python loop writes for ``raw`` when it takes the plain path."""
+    try:
+        fields = pattern().fields(raw)
+    except NotFast:
+        return None
+    if fields is None:
+        return None
+    return "part\t" + "\t".join(fields) + f"\t{record_hash(raw, SALT)}\n"
+
+
+def ends_outside_ascii(raw: str) -> bool:
+    """A field starting or ending with a non-ASCII character: left to Python by design."""
+    return any(not f[:1].isascii() or not f[-1:].isascii() for f in raw.split(","))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(RECORDS)
+def test_a_record_is_taken_as_python_takes_it(raw: str) -> None:
+    """The line ``raw`` is taken, with Python's COPY text and hash, exactly when Python's
+    plain path takes it, except that a field with a non-ASCII first or last character
+    is left to Python."""
+    record = raw[:-1] if raw.endswith("\r") else raw  # the line end, as iter_raw reads it
+    staged: dict[Any, int] = {}
+    data = (raw + "\n").encode()
+    pos, lines, read, written, text, matched, _ = scanner(staged_at=staged).scan(data, 0, 4)
+    assert matched == b""
+    if record == "":
+        assert (pos, lines, read, text) == (len(data), 5, 0, b"")
+        return
+    expected = python_text(record)
+    if read:
+        assert (pos, lines, read, written) == (len(data), 5, 1, 1)
+        assert text.decode() == expected
+        assert staged == {record.split(",")[0]: 5}
+    else:
+        assert (pos, lines, written, text, staged) == (0, 4, 0, b"", {})
+        assert expected is None or ends_outside_ascii(record), record
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.binary(min_size=1, max_size=64))
+def test_the_hash_is_keyed_blake2b(data: bytes, salt: bytes) -> None:
+    """The compiled hash is ``record_hash`` (keyed BLAKE2b) for any bytes, over several
+    128-byte blocks too."""
+    if not data:
+        return
+    found = pattern().scanner([0], "", salt, csv_copy.hashes(), {}, {}, 0)
+    expected = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=salt).digest(), "big",
+                              signed=True)
+    assert found.record_hash(data) == expected
+
+
+def test_lines_it_leaves_to_python() -> None:
+    """Quotes, bad UTF-8, a duplicate key and a line without its line feed stop the scan
+    at that line, with nothing of it taken; blank lines are passed over."""
+    good = "k1,2024-03-01T10:00:00+05:30,1,2.50,AUD,2024-03-01,x"
+    for stop in ['"k2",2024-03-01,1,1,AUD,2024-03-01,x', "k1,2024-03-01,1,1,AUD,2024-03-01,x",
+                 "k2,2024-03-01,1,1,AUD,2024-03-01,\xff"]:
+        data = (good + "\r\n\n" + stop + "\n").encode("latin-1" if "\xff" in stop else "utf-8")
+        pos, lines, read, written, *_ = scanner().scan(data, 0, 0)
+        assert (read, written, lines) == (1, 1, 2)
+        assert data[pos:].startswith(stop.encode("latin-1")[:3])
+    data = (good + "\n" + good.replace("k1", "k2")).encode()
+    pos, lines, read, *_ = scanner().scan(data, 0, 0)
+    assert (pos, lines, read) == (len(good) + 1, 1, 1)
+
+
+def test_a_stored_hash_is_matched_before_anything_else() -> None:
+    """A record whose hash was stored is read, not written, and leaves the stored hashes;
+    its hash and line come back as int64 bytes, as the Python loop records them."""
+    same = "k1,2024-03-01,1,,,,x"
+    other = "k2,2024-03-01,1,,,,y"
+    stored = csv_copy.hashes([record_hash(same, SALT), 7])
+    staged: dict[Any, int] = {}
+    raws: dict[int, str] = {}
+    found = scanner(stored, staged, raws, keep=5)
+    _, lines, read, written, text, matched, matched_at = found.scan(
+        f"{same}\n{other}\n".encode(), 0, 10)
+    assert (read, written, lines) == (2, 1, 12)
+    assert list(array.array("q", matched)) == [record_hash(same, SALT)]
+    assert list(array.array("q", matched_at)) == [11]
+    assert sorted(stored) == [7] and len(stored) == 1
+    assert staged == {"k2": 12} and raws == {12: other}
+    assert text.decode() == python_text(other)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
+       st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50))
+def test_hashes_behave_as_a_set(values: list[int], removed: list[int]) -> None:
+    ours, model = csv_copy.hashes(values), set(values)
+    for value in removed + values[::3]:
+        ours.discard(value)
+        model.discard(value)
+    assert len(ours) == len(model)
+    assert sorted(ours) == sorted(model)
+    assert all((v in ours) == (v in model) for v in values + removed)
+    data = b"".join(v.to_bytes(8, "big", signed=True) for v in values)
+    assert sorted(csv_copy.hashes_from_bytes(data)) == sorted(set(values))
+
+
+# --------------------------------------------------------------------------- whole loads
+
+
+def extract() -> CsvSnapshot:
+    return CsvSnapshot("events_csv", "events", "events_{p}.csv", ("p", "id"), tuple(
+        Field(name, type_name, parse, nullable) for name, parse, type_name, nullable in FIELDS))
+
+
+def state(wh: Any) -> tuple[list[Any], list[Any]] | None:
+    """The table's rows (with their hashes and whether live) and the rejects, if any."""
+    with wh.begin() as conn:
+        if not sa.inspect(conn).has_table("events_tracked"):
+            return None
+        rows = conn.execute(sa.text(
+            "SELECT p, id, at, n, amount, currency, day, note, _row_hash, _deleted_at IS NULL "
+            "FROM events_tracked ORDER BY p, id")).all()
+        rejects = conn.execute(sa.text(
+            "SELECT source, line, reason, raw FROM rejects ORDER BY source, line")).all()
+    return [tuple(r) for r in rows], [tuple(r) for r in rejects]
+
+
+@pytest.fixture
+def pure(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every record through Python, as without the extension."""
+    monkeypatch.setattr(csv_copy, "_fastcsv", None)
+    yield
+
+
+def load(wh: Any, directory: Path, text: str) -> str | None:
+    """Load ``text`` as the file of partition ``a``; the run's error, if it failed."""
+    (directory / "events_a.csv").write_text(text, encoding="utf-8", newline="")
+    outcome = run_sequence(wh, [extract()], params={"data_dir": str(directory)})
+    return outcome.error
+
+
+def file_text(records: list[str], crlf: bool) -> str:
+    end = "\r\n" if crlf else "\n"
+    return ",".join(HEADER) + end + "".join(r + end for r in records)
+
+
+@pytest.mark.postgres
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(RECORDS, max_size=12), min_size=1, max_size=3), st.booleans())
+def test_loads_end_as_they_end_in_python(tmp_path_factory: pytest.TempPathFactory,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         files: list[list[str]], crlf: bool) -> None:
+    """A first load and reloads of drawn files leave the same rows, hashes and rejects
+    with the compiled path as with Python alone."""
+    base = tmp_path_factory.mktemp("fast")
+    states = []
+    for compiled in (True, False):
+        with monkeypatch.context() as patch:
+            if not compiled:
+                patch.setattr(csv_copy, "_fastcsv", None)
+            directory = base / f"d{compiled}"
+            directory.mkdir()
+            with warehouse_on("postgresql", base / "unused.db") as wh:
+                seen = []
+                for records in files:
+                    error = load(wh, directory, file_text(records, crlf))
+                    seen.append((error, state(wh)))
+                states.append(seen)
+    assert states[0] == states[1]
+
+
+@pytest.mark.postgres
+def test_a_large_file_ends_as_it_ends_in_python(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of records over several read blocks, with a few quoted, multi-line,
+    duplicate and bad ones among them, then a reload with some of them changed."""
+    rng = random.Random(7)
+    zones = ["", "Z", "+05:30", "-08:00", "+01:00"]
+
+    def record(i: int) -> str:
+        at = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:" \
+             f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}{rng.choice(zones)}"
+        plain = f"k{i},{at},{rng.randint(-999, 999)},{rng.randint(0, 9999) / 100:.2f},AUD," \
+                f"2024-01-{rng.randint(1, 28):02d},note {i}"
+        roll = rng.random()
+        if roll < 0.01:
+            return f'k{i},{at},1,1.00,AUD,2024-01-01,"quoted, {i}"'
+        if roll < 0.015:
+            return f'k{i},{at},1,1.00,AUD,2024-01-01,"two\nlines"'
+        if roll < 0.02:
+            return f"k{i // 2},{at},1,1.00,AUD,2024-01-01,duplicate"
+        if roll < 0.025:
+            return f"k{i},{at},x,1.00,AUD,2024-01-01,bad"
+        return plain
+
+    first = [record(i) for i in range(6000)]
+    second = [r.replace("note 1", "changed 1") if i % 7 == 0 else r
+              for i, r in enumerate(first)][:-300]
+    monkeypatch.setattr(csvfile, "_BLOCK", 4096)
+    taken = []
+    build = RowPattern.scanner
+
+    class Counted:
+        """The scanner, counting the records it takes."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def scan(self, *args: Any) -> Any:
+            found = self.inner.scan(*args)
+            taken.append(found[2])
+            return found
+
+    monkeypatch.setattr(RowPattern, "scanner", lambda *a: Counted(build(*a)))
+    states = []
+    for compiled in (True, False):
+        with monkeypatch.context() as patch:
+            if not compiled:
+                patch.setattr(csv_copy, "_fastcsv", None)
+                patch.setattr(RowPattern, "scanner", lambda *a: None)
+            directory = tmp_path / f"d{compiled}"
+            directory.mkdir()
+            with warehouse_on("postgresql", tmp_path / "unused.db") as wh:
+                assert load(wh, directory, file_text(first, False)) is None
+                after_first = state(wh)
+                assert load(wh, directory, file_text(second, True)) is None
+                states.append((after_first, state(wh)))
+    assert states[0] == states[1]
+    assert sum(taken) > 2 * 5000  # most records of both loads took the compiled path
+    rows, rejects = states[0][1]
+    assert not all(live for *_, live in rows)  # the last 300 records are gone
+    assert {reason for _, _, reason, _ in rejects} == {"duplicate_key", "bad_n"}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_nul_character_fails_the_file_naming_its_line(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        compiled: bool) -> None:
+    """NUL is not text (PostgreSQL cannot store it): like bad UTF-8, it fails the file,
+    naming the line, and the loaded rows stay as they were."""
+    if not compiled:
+        monkeypatch.setattr(csv_copy, "_fastcsv", None)
+    good = ["k1,2024-03-01,1,,,,x", "k2,2024-03-01,2,,,,y"]
+    with warehouse_on("postgresql", tmp_path / "unused.db") as wh:
+        assert load(wh, tmp_path, file_text(good, False)) is None
+        before = state(wh)
+        error = load(wh, tmp_path, file_text([*good, "k3,2024-03-01,3,,,,z\x00"], False))
+        assert error is not None and "events_a.csv line 4: a NUL character" in error
+        assert state(wh) == before

@@ -670,6 +670,19 @@ static int utf8_ok(const uint8_t *p, Py_ssize_t n) {
     return 1;
 }
 
+/* Whether every byte of ``p[0:n]`` is ASCII, eight bytes at a time. */
+static int ascii_only(const uint8_t *p, Py_ssize_t n) {
+    uint64_t high = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, p + i, 8);
+        high |= word;
+    }
+    for (; i < n; i++) high |= p[i];
+    return (high & 0x8080808080808080ULL) == 0;
+}
+
 typedef struct {
     Py_ssize_t start, end;
 } Span;
@@ -830,14 +843,11 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
             line++;
             continue;
         }
-        int ascii = 1, special = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            ascii &= start[i] < 0x80;
-            special |= start[i] == '"' || start[i] == 0;
-        }
         /* A quote may open a record of several lines; NUL and bad UTF-8 are Python's
          * errors. */
-        if (special || (!ascii && !utf8_ok(start, n))) break;
+        if (memchr(start, '"', (size_t)n) != NULL || memchr(start, 0, (size_t)n) != NULL ||
+            (!ascii_only(start, n) && !utf8_ok(start, n)))
+            break;
         /* The line is one whole record: as in Python, a stored hash decides first. */
         int64_t digest = blake2b_record(self->hash_start, start, (size_t)n);
         if (self->stored->count && hashes_discard(self->stored, digest)) {

@@ -966,6 +966,10 @@ PyMODINIT_FUNC PyInit__fastcsv(void) {
         Py_DECREF(m);
         return NULL;
     }
+    if (PyModule_AddIntConstant(m, "MAX_FIELDS", MAX_FIELDS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&HashesType);
     if (PyModule_AddObject(m, "Hashes", (PyObject *)&HashesType) < 0) {
         Py_DECREF(&HashesType);

@@ -3,6 +3,8 @@
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+MAX_FIELDS: int
+
 class Hashes:
     def __init__(self, values: Iterable[int] = ...) -> None: ...
     @classmethod

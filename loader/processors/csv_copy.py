@@ -6,16 +6,20 @@ matches such a record with one regular expression and passes its fields through 
 text, so the server does the conversion in C; every other record (quoted, padded,
 unusual, bad) is parsed field by field in Python and formatted with ``copy_text``.
 Either way the stored values are the parsers' values.
+
+When the C extension ``loader._fastcsv`` is built, its ``Scanner`` takes the records
+``RowPattern`` would take, whole blocks of lines at a time, and also hashes them and
+checks their keys; it leaves every other line to the Python loop.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 from loader.sources.csvfile import copy_text_of
 
@@ -29,17 +33,28 @@ COMPILED = _fastcsv is not None
 NULL = "\\N"
 
 
-def hashes(values: Iterable[int] = ()) -> Any:
+class HashSet(Protocol):
+    """The stored row hashes of a partition: a ``set`` of ints, or the compiled one."""
+
+    def __contains__(self, value: object, /) -> bool: ...
+    def __iter__(self) -> Iterator[int]: ...
+    def __len__(self) -> int: ...
+    def discard(self, value: int, /) -> None: ...
+
+
+def hashes(values: Iterable[int] = ()) -> HashSet:
     """A set of row hashes: the compiled one when it is built, else a ``set``."""
     return set(values) if _fastcsv is None else _fastcsv.Hashes(values)
 
 
-def hashes_from_bytes(data: bytes) -> Any:
+def hashes_from_bytes(data: bytes) -> HashSet:
     """The hashes in ``data``, 8 bytes each, big-endian (PostgreSQL's ``int8send``)."""
     if _fastcsv is None:
         return {int.from_bytes(data[i:i + 8], "big", signed=True)
                 for i in range(0, len(data), 8)}
     return _fastcsv.Hashes.from_bytes(data)
+
+
 _SPECIAL = re.compile(r"[\\\t\n\r]")
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -134,15 +149,17 @@ class RowPattern:
         return cls(regex, [group_of[name] for name in order], zones, kinds,
                    [list(header).index(name) for name in order])
 
-    def scanner(self, key: Sequence[int], prefix: str, salt: bytes, stored: Any,
+    def scanner(self, key: Sequence[int], prefix: str, salt: bytes, stored: HashSet,
                 staged_at: dict[Any, int], raws: dict[int, str], keep: int) -> Any:
         """The compiled scanner for this pattern, or None when it is not built.
 
         ``key`` holds the positions in ``order`` of the key's fields; the rest is the
-        state of the Python loop, which the scanner shares (see ``loader._fastcsv``):
-        ``stored`` must then be ``hashes()``.
+        state of the Python loop, which the scanner shares (see ``loader._fastcsv``).
+        Only the compiled ``hashes()`` can be shared: with any other ``stored``, or more
+        fields than the scanner takes, None.
         """
-        if _fastcsv is None:
+        if (_fastcsv is None or not isinstance(stored, _fastcsv.Hashes)
+                or len(self.kinds) > _fastcsv.MAX_FIELDS):
             return None
         return _fastcsv.Scanner(self.kinds, self.positions,
                                 [self.positions[i] for i in key], prefix.encode(), salt,

@@ -340,7 +340,7 @@ class _FileLoad:
         return counts, self.rejects, read
 
     def _unchanged_duplicates(self, conn: Connection, staged: sa.Table,
-                              unmatched: set[int]) -> int:
+                              unmatched: csv_copy.HashSet) -> int:
         """Settle staged records whose key is also that of an unchanged record.
 
         Returns how many staged records replace a stored row that no record matched:
@@ -462,7 +462,7 @@ class _FileLoad:
 
         return _Out(emit, self.extras)
 
-    def _each_row(self, ctx: Context, salt: bytes, stored: set[int],
+    def _each_row(self, ctx: Context, salt: bytes, stored: csv_copy.HashSet,
                   out: _Out) -> tuple[int, int]:
         """Parse and write every new or changed record; returns records read and written.
 
@@ -570,7 +570,7 @@ class _FileLoad:
 
 
 def _stored_hashes(conn: Connection, column: sa.ColumnElement[Any],
-                   *where: sa.ColumnElement[bool]) -> Any:
+                   *where: sa.ColumnElement[bool]) -> csv_copy.HashSet:
     """The stored row hashes of the rows ``where`` selects, as ``csv_copy.hashes``.
 
     On PostgreSQL they come as one binary value of 8 bytes a hash: a million of them in

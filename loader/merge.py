@@ -92,6 +92,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     dead = t.c[DELETED_AT].is_not(None)
     differs = {c: t.c[c].is_distinct_from(s.c[c]) for c in columns}
     counts = MergeCounts()
+    joined = None  # staged rows whose key is in the table, when counted
     if columns:
         totals = conn.execute(
             sa.select(
@@ -101,6 +102,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
                   for d in differs.values()),
             ).select_from(t.join(s, key_match(table, t, s, conn.dialect.name)))
         ).one()
+        joined = int(totals[0])
         revived = int(totals[1])
         counts.changes = {c: int(n) + revived for c, n in zip(columns, totals[2:], strict=True)}
     any_change = sa.or_(dead, *differs.values())
@@ -125,6 +127,9 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
             .values(values)
         )
         counts.updated = result.rowcount
+    if insert and joined is not None and joined == conn.execute(
+            sa.select(sa.func.count()).select_from(s)).scalar_one():
+        insert = False  # every staged key is in the table already: nothing is new
     if insert:
         names = [*table.key_names, *columns]
         selected: list[Any] = [s.c[n] for n in names]

@@ -1,11 +1,12 @@
 /* The compiled path for plain CSV records: check, hash and write them as COPY text.
  *
  * A Scanner takes the lines of a block of the file, one after another, for as long as
- * each is a plain record: no quotes, every field in the shape that
- * ``loader.processors.csv_copy.RowPattern`` accepts. For each such record it does what
- * the Python loop in ``loader.processors.csv_extract`` does for it: the keyed BLAKE2b
- * hash of its text, the check against the hashes stored by the previous load, the check
- * for a key seen before, and the COPY text line. It stops, without side effects, at the
+ * each is a plain record: every field in the shape that
+ * ``loader.processors.csv_copy.RowPattern`` accepts, written as it is or quoted whole
+ * (``"..."`` with no quote inside; a quoted text may hold commas). For each such record
+ * it does what the Python loop in ``loader.processors.csv_extract`` does for it: the
+ * keyed BLAKE2b hash of its text, the check against the hashes stored by the previous
+ * load, the check for a key seen before, and the COPY text line. It stops, without side effects, at the
  * first line it cannot take, and Python handles that line; so every record the two
  * paths could disagree on is decided by Python.
  */
@@ -142,11 +143,16 @@ static int text_end_ok(uint8_t c) {
     return c != '"' && c != ',' && c != '\\';
 }
 
-static int text_ok(const uint8_t *p, Py_ssize_t n) {
-    if (!text_end_ok(p[0]) || !text_end_ok(p[n - 1])) return 0;
+/* Plain text: nothing to strip at either end, nothing COPY's text format would need
+ * escaped. The content of a quoted field may hold commas. */
+static int text_ok(const uint8_t *p, Py_ssize_t n, int quoted) {
+    if (!(text_end_ok(p[0]) || (quoted && p[0] == ',')) ||
+        !(text_end_ok(p[n - 1]) || (quoted && p[n - 1] == ',')))
+        return 0;
     for (Py_ssize_t i = 1; i < n - 1; i++) {
         uint8_t c = p[i];
-        if (c == '"' || c == ',' || c == '\\' || c == '\t' || c == '\r' || c == '\n' || c == 0)
+        if (c == '"' || (c == ',' && !quoted) || c == '\\' || c == '\t' || c == '\r' ||
+            c == '\n' || c == 0)
             return 0;
     }
     return 1;
@@ -684,7 +690,8 @@ static int ascii_only(const uint8_t *p, Py_ssize_t n) {
 }
 
 typedef struct {
-    Py_ssize_t start, end;
+    Py_ssize_t start, end; /* the field's text, without the quotes of a quoted one */
+    int quoted;
 } Span;
 
 /* The output text of a timestamp field ``p[0:n]`` into ``b``; 0 when not plain. */
@@ -722,23 +729,41 @@ static int timestamp_out(const uint8_t *p, Py_ssize_t n, Buffer *b) {
     return 1;
 }
 
-/* Check the fields of one record and write its output fields to ``b`` (which has room
- * for the record's length plus the prefix, tabs and hash); 0 when the record is not
- * plain, with ``b`` as it was. */
-static int record_out(Scanner *self, const uint8_t *p, Py_ssize_t n, Span *spans, Buffer *b) {
-    Py_ssize_t at = 0;
+/* Split a record into the header's number of fields, each either unquoted (holding no
+ * quote) or quoted whole: a quote right after the comma, the next quote right before
+ * the next comma or the end. These are the records the ``csv`` module reads as the text
+ * between the commas or quotes, and that hold no quote still open. 0 for any other. */
+static int split_record(Scanner *self, const uint8_t *p, Py_ssize_t n, Span *spans) {
+    Py_ssize_t i = 0;
     int count = 0;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        if (i == n || p[i] == ',') {
-            if (count == self->nfields) return 0;
-            spans[count].start = at;
-            spans[count].end = i;
-            count++;
-            at = i + 1;
+    for (;;) {
+        if (count == self->nfields) return 0;
+        Span *s = &spans[count++];
+        if (i < n && p[i] == '"') {
+            const uint8_t *close = memchr(p + i + 1, '"', (size_t)(n - i - 1));
+            if (close == NULL) return 0;
+            Py_ssize_t end = close - p;
+            if (end + 1 < n && p[end + 1] != ',') return 0;
+            *s = (Span){i + 1, end, 1};
+            i = end + 1;
+        } else {
+            const uint8_t *comma = memchr(p + i, ',', (size_t)(n - i));
+            Py_ssize_t end = comma != NULL ? comma - p : n;
+            if (memchr(p + i, '"', (size_t)(end - i)) != NULL) return 0;
+            *s = (Span){i, end, 0};
+            i = end;
         }
+        if (i == n) break;
+        i++; /* the comma */
     }
-    if (count != self->nfields) return 0;
-    for (int i = 0; i < count; i++) {
+    return count == self->nfields;
+}
+
+/* Check the fields of a split record and write its output fields to ``b`` (which has
+ * room for the record's length plus the prefix, tabs and hash); 0 when a field is not
+ * plain, with ``b`` as it was. */
+static int record_out(Scanner *self, const uint8_t *p, Span *spans, Buffer *b) {
+    for (int i = 0; i < self->nfields; i++) {
         const uint8_t *f = p + spans[i].start;
         Py_ssize_t len = spans[i].end - spans[i].start;
         FieldSpec *spec = &self->fields[i];
@@ -748,7 +773,7 @@ static int record_out(Scanner *self, const uint8_t *p, Py_ssize_t n, Span *spans
         }
         int ok = 0;
         switch (spec->kind) {
-        case K_TEXT: ok = text_ok(f, len); break;
+        case K_TEXT: ok = text_ok(f, len, spans[i].quoted); break;
         case K_INT: ok = int_ok(f, len); break;
         case K_DECIMAL: ok = decimal_ok(f, len, spec->size); break;
         case K_CODE: ok = code_ok(f, len, spec->size); break;
@@ -843,10 +868,10 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
             line++;
             continue;
         }
-        /* A quote may open a record of several lines; NUL and bad UTF-8 are Python's
-         * errors. */
-        if (memchr(start, '"', (size_t)n) != NULL || memchr(start, 0, (size_t)n) != NULL ||
-            (!ascii_only(start, n) && !utf8_ok(start, n)))
+        /* NUL and bad UTF-8 are Python's errors; a quote left open starts a record of
+         * several lines, which Python puts together. */
+        if (memchr(start, 0, (size_t)n) != NULL || (!ascii_only(start, n) && !utf8_ok(start, n)) ||
+            !split_record(self, start, n, spans))
             break;
         /* The line is one whole record: as in Python, a stored hash decides first. */
         int64_t digest = blake2b_record(self->hash_start, start, (size_t)n);
@@ -861,7 +886,7 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
         }
         if (buffer_reserve(b, n + self->prefix_size + 2 * self->norder + 32) < 0) goto done;
         Py_ssize_t before = b->size;
-        if (!record_out(self, start, n, spans, b)) break;
+        if (!record_out(self, start, spans, b)) break;
         PyObject *key = record_key(self, start, spans);
         if (key == NULL) goto done;
         int seen = PyDict_Contains(self->staged_at, key);

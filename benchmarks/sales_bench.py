@@ -28,9 +28,9 @@ on PostgreSQL, the exact revenue total) are compared with the baseline's.
 
 Output: ``<out>/sales-<dialects>-<rows>.md`` (tables, per-task profile, machine, versions,
 command), ``<out>/sales-<dialects>-<rows>.json`` (every sample) and
-``<out>/refresh-vs-changed-<rows>.png``. A failed run is reported (with its task history) and
-ends its repetition; the report is written anyway and the exit status is 1, as it is for a
-count mismatch. Each child run may take ``--timeout`` seconds (default 900 + rows / 80).
+``<out>/refresh-vs-changed-<dialects>-<rows>.png``. A failed run is reported (with its task
+history) and ends its repetition; the report is written anyway and the exit status is 1, as
+it is for a count mismatch. Each child run may take ``--timeout`` seconds (default 900 + rows / 80).
 The Redis database (``--redis``, default db 13) is claimed with a key for the invocation and
 flushed before each distributed run: one invocation per database at a time.
 """

@@ -297,7 +297,7 @@ def write(bench: Bench, command: str, versions: dict[str, str]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     rows = bench.scale.sales
     stem = f"sales-{'-'.join(bench.args.dialects)}-{rows}"
-    png = out / f"refresh-vs-changed-{rows}.png"
+    png = out / f"refresh-vs-changed-{'-'.join(bench.args.dialects)}-{rows}.png"
     chart(bench, png)
     scale = bench.scale
     lines = [f"# Sales workload: loader vs truncate-and-rebuild baseline, {rows:,} rows",

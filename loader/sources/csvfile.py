@@ -183,16 +183,25 @@ def _decode(path: Path, data: bytes, first_line: int) -> str:
 
 
 class _Records:
-    """Joins the lines of a file into records, as ``iter_raw`` describes."""
+    """Joins the lines of a file into records, as ``iter_raw`` describes, passing over the
+    first ``skip`` records."""
 
-    __slots__ = ("pending", "start")
+    __slots__ = ("pending", "skip", "start")
 
-    def __init__(self) -> None:
+    def __init__(self, skip: int) -> None:
         self.pending: list[str] = []
         self.start = 0
+        self.skip = skip
 
     def line(self, lineno: int, line: str) -> tuple[int, str] | None:
         """Take line ``lineno`` (without its line feed); the record it ends, if any."""
+        record = self._line(lineno, line)
+        if record is not None and self.skip:
+            self.skip -= 1
+            return None
+        return record
+
+    def _line(self, lineno: int, line: str) -> tuple[int, str] | None:
         if self.pending:
             self.pending.append(line + "\n")
             if _inside_quotes(line, True):
@@ -214,6 +223,8 @@ class _Records:
 
     def end(self, lineno: int, tail: str) -> tuple[int, str] | None:
         """The last record, given the text after the final line feed (line ``lineno + 1``)."""
+        if self.skip:
+            return None
         if self.pending:
             return self.start, _without_line_end("".join(self.pending) + tail)
         if tail and ('"' in tail or not tail.isspace()):
@@ -234,10 +245,10 @@ def iter_raw(path: Path, *, skip: int = 0,
     is offered the bytes of each line that starts a record: it takes as many lines as it
     can, and their records are not yielded; the lines it leaves are read here.
     """
+    records = _Records(skip)
     if fast is not None:
-        yield from _with_fast(path, skip, fast)
+        yield from _with_fast(path, records, fast)
         return
-    records = _Records()
     for before, data, last in _blocks(path):
         lines = _decode(path, data, before + 1).split("\n")
         # Every piece but the last ended with a line feed. The last piece is empty, or
@@ -248,23 +259,19 @@ def iter_raw(path: Path, *, skip: int = 0,
             lineno += 1
             record = records.line(lineno, line)
             if record is not None:
-                if skip:
-                    skip -= 1
-                else:
-                    yield record
+                yield record
         if last:
             record = records.end(lineno, tail)
-            if record is not None and not skip:
+            if record is not None:
                 yield record
 
 
-def _with_fast(path: Path, skip: int, fast: Fast) -> Iterator[tuple[int, str]]:
+def _with_fast(path: Path, records: _Records, fast: Fast) -> Iterator[tuple[int, str]]:
     """``iter_raw`` with ``fast`` taking what lines it can."""
-    records = _Records()
     for before, data, last in _blocks(path):
         pos, lineno = 0, before
         while True:
-            if not skip and not records.pending:
+            if not records.skip and not records.pending:
                 pos, lineno = fast(data, pos, lineno)
             end = data.find(b"\n", pos)
             if end < 0:
@@ -273,13 +280,10 @@ def _with_fast(path: Path, skip: int, fast: Fast) -> Iterator[tuple[int, str]]:
             record = records.line(lineno, _decode(path, data[pos:end], lineno))
             pos = end + 1
             if record is not None:
-                if skip:
-                    skip -= 1
-                else:
-                    yield record
+                yield record
         if last:
             record = records.end(lineno, _decode(path, data[pos:], lineno + 1))
-            if record is not None and not skip:
+            if record is not None:
                 yield record
 
 

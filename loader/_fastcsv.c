@@ -618,6 +618,7 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "key: at least one field");
         goto done;
     }
+    PyMem_Free(self->prefix); /* __init__ may be called again */
     self->prefix = PyMem_Malloc(prefix.len + 1);
     if (self->prefix == NULL) {
         PyErr_NoMemory();
@@ -626,13 +627,12 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
     memcpy(self->prefix, prefix.buf, prefix.len);
     self->prefix_size = prefix.len;
     blake2b_keyed_start(self->hash_start, salt.buf, (size_t)salt.len);
-    Py_XDECREF(self->stored);
     Py_INCREF(stored);
-    self->stored = (Hashes *)stored;
+    Py_XSETREF(self->stored, (Hashes *)stored);
     Py_INCREF(staged_at);
-    self->staged_at = staged_at;
+    Py_XSETREF(self->staged_at, staged_at);
     Py_INCREF(raws);
-    self->raws = raws;
+    Py_XSETREF(self->raws, raws);
     self->keep = keep;
     result = 0;
 done:
@@ -853,6 +853,10 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
     Buffer *b = &self->out;
     b->size = self->matched.size = self->matched_at.size = 0;
     PyObject *result = NULL;
+    if (self->stored == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Scanner.__init__ was not called");
+        goto done;
+    }
     if (pos < 0 || pos > size) {
         PyErr_SetString(PyExc_ValueError, "pos is outside data");
         goto done;
@@ -938,6 +942,10 @@ PyDoc_STRVAR(hash_doc, "record_hash(data) -> int\n\nThe keyed hash of one record
 
 static PyObject *Scanner_record_hash(Scanner *self, PyObject *arg) {
     Py_buffer view;
+    if (self->stored == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Scanner.__init__ was not called");
+        return NULL;
+    }
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     if (view.len == 0) {
         PyBuffer_Release(&view);

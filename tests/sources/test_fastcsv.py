@@ -238,6 +238,23 @@ def test_a_stored_hash_is_matched_before_anything_else() -> None:
     assert text.decode() == python_text(other)
 
 
+def test_a_scanner_needs_its_state() -> None:
+    """Bad arguments are errors, not crashes: an uninitialised scanner, a plain set for
+    the stored hashes, a position outside the data."""
+    from loader import _fastcsv
+
+    bare = _fastcsv.Scanner.__new__(_fastcsv.Scanner)
+    with pytest.raises(RuntimeError, match="__init__"):
+        bare.scan(b"a\n", 0, 0)
+    with pytest.raises(RuntimeError, match="__init__"):
+        bare.record_hash(b"a")
+    with pytest.raises(TypeError, match="Hashes"):
+        _fastcsv.Scanner([("text", 0, False)], [0], [0], b"", b"", set(), {}, {}, 0)
+    with pytest.raises(ValueError, match="pos"):
+        scanner().scan(b"a\n", 5, 0)
+    assert pattern().scanner([0], "", SALT, set(), {}, {}, 0) is None
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50))

@@ -873,9 +873,11 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
             continue;
         }
         /* NUL and bad UTF-8 are Python's errors; a quote left open starts a record of
-         * several lines, which Python puts together. */
+         * several lines, which Python puts together: a line with a quote must split
+         * before it counts as a record. A line without one always is a record. */
+        int quoted = memchr(start, '"', (size_t)n) != NULL;
         if (memchr(start, 0, (size_t)n) != NULL || (!ascii_only(start, n) && !utf8_ok(start, n)) ||
-            !split_record(self, start, n, spans))
+            (quoted && !split_record(self, start, n, spans)))
             break;
         /* The line is one whole record: as in Python, a stored hash decides first. */
         int64_t digest = blake2b_record(self->hash_start, start, (size_t)n);
@@ -888,6 +890,7 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
             line++;
             continue;
         }
+        if (!quoted && !split_record(self, start, n, spans)) break;
         if (buffer_reserve(b, n + self->prefix_size + 2 * self->norder + 32) < 0) goto done;
         Py_ssize_t before = b->size;
         if (!record_out(self, start, spans, b)) break;

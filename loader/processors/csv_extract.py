@@ -182,12 +182,15 @@ class CsvSnapshot:
 
     def _load_file(self, conn: Connection, ctx: Context, path: Path, value: str,
                    result: Result) -> None:
-        content, line_feeds = _file_digest(path)
+        found = _file_digest(path)
         previous = conn.execute(sa.select(meta.sources.c.content_hash).where(
             meta.sources.c.processor == self.name, meta.sources.c.source == path.name)).scalar()
-        if not ctx.full and previous == content:
+        if not ctx.full and previous == found.content:
             result.details.setdefault("unchanged", []).append(path.name)
             return
+        if found.nul_line is not None:
+            # Like bad UTF-8, a file error: text columns (on PostgreSQL) cannot hold it.
+            raise CsvFormatError(path, found.nul_line, "a NUL character is not text")
         with closing(iter_raw(path)) as records:
             first = next(records, None)
         header = None if first is None else Record(first[0], first[1], split_fields(first[1]))
@@ -201,7 +204,7 @@ class CsvSnapshot:
             run_id=ctx.run_id, now=ctx.run_ts,
             reason=EXTRA_REASON.format(source=path.name))
         all_extras = self._known_extras(conn, table)
-        loader = _FileLoad(self, table, path, value, columns, all_extras, line_feeds)
+        loader = _FileLoad(self, table, path, value, columns, all_extras, found.line_feeds)
         salt = hashlib.blake2b(
             f"{self.version}\n{value}\n{header.raw}".encode(), digest_size=32).digest()
         counts, rejects, read = loader.load(conn, ctx, salt)
@@ -219,7 +222,7 @@ class CsvSnapshot:
         s = meta.sources
         conn.execute(s.delete().where(s.c.processor == self.name, s.c.source == path.name))
         conn.execute(s.insert().values(processor=self.name, source=path.name, partition=value,
-                                       content_hash=content, header=header.raw,
+                                       content_hash=found.content, header=header.raw,
                                        run_id=ctx.run_id, loaded_at=ctx.run_ts))
 
     def _columns(self, conn: Connection, path: Path,
@@ -517,9 +520,6 @@ class _FileLoad:
         records = iter_raw(self.path, skip=1,
                            fast=take_plain if scanner is not None else None)
         for line, raw in records:
-            if "\x00" in raw:
-                # Like bad UTF-8, a file error: text columns (on PostgreSQL) cannot hold it.
-                raise CsvFormatError(self.path, line, "a NUL character is not text")
             read += 1
             digest = hash_record(raw)
             if digest in stored:
@@ -642,12 +642,24 @@ def _ranged(field: Field) -> Parse | None:
     return parse
 
 
-def _file_digest(path: Path) -> tuple[str, int]:
-    """The SHA-256 of the file's content, and how many line feeds it holds."""
+@dataclass(frozen=True)
+class _Digest:
+    """What one pass over a file's bytes tells before it is loaded."""
+
+    content: str  # the SHA-256 of the file
+    line_feeds: int
+    nul_line: int | None  # the first line holding a NUL character, if any
+
+
+def _file_digest(path: Path) -> _Digest:
+    """The file's SHA-256, how many line feeds it holds, and where its first NUL is."""
     digest = hashlib.sha256()
     lines = 0
+    nul_line = None
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
+            if nul_line is None and (at := chunk.find(b"\x00")) >= 0:
+                nul_line = lines + chunk.count(b"\n", 0, at) + 1
             lines += chunk.count(b"\n")
-    return digest.hexdigest(), lines
+    return _Digest(digest.hexdigest(), lines, nul_line)

@@ -14,7 +14,9 @@ checks their keys; it leaves every other line to the Python loop.
 
 from __future__ import annotations
 
+import array
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -50,8 +52,10 @@ def hashes(values: Iterable[int] = ()) -> HashSet:
 def hashes_from_bytes(data: bytes) -> HashSet:
     """The hashes in ``data``, 8 bytes each, big-endian (PostgreSQL's ``int8send``)."""
     if _fastcsv is None:
-        return {int.from_bytes(data[i:i + 8], "big", signed=True)
-                for i in range(0, len(data), 8)}
+        values = array.array("q", data)
+        if sys.byteorder == "little":
+            values.byteswap()
+        return set(values)
     return _fastcsv.Hashes.from_bytes(data)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -80,22 +81,123 @@ def drop_indexes(conn: Connection, table: str) -> list[str]:
     """
     preparer = conn.dialect.identifier_preparer
     name = preparer.quote(table)
+    builds = []
+    for index, constraint, build in _indexes(conn, table):
+        if constraint is not None:
+            conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
+        else:
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        builds.append(build)
+    return builds
+
+
+def _indexes(conn: Connection, table: str) -> list[tuple[str, str | None, str]]:
+    """``table``'s indexes: the name of each (as SQL), of its key constraint if it backs one
+    (quoted), and the statement that builds it again."""
+    preparer = conn.dialect.identifier_preparer
+    name = preparer.quote(table)
     found = conn.execute(sa.text(
-        "SELECT x.indexrelid::regclass::text AS index, pg_get_indexdef(x.indexrelid) AS ddl,"
+        "SELECT x.indexrelid::regclass::text AS index_name, pg_get_indexdef(x.indexrelid) AS ddl,"
         " c.conname AS constraint, pg_get_constraintdef(c.oid) AS definition"
         " FROM pg_index x LEFT JOIN pg_constraint c"
         " ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid AND c.contype IN ('p', 'u')"
         " WHERE x.indrelid = to_regclass(:t)"), {"t": name}).all()
-    builds = []
+    indexes: list[tuple[str, str | None, str]] = []
     for row in found:
         if row.constraint is not None:
             constraint = preparer.quote(row.constraint)
-            conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
-            builds.append(f"ALTER TABLE {name} ADD CONSTRAINT {constraint} {row.definition}")
+            indexes.append((row.index_name, constraint,
+                            f"ALTER TABLE {name} ADD CONSTRAINT {constraint} {row.definition}"))
         else:
-            conn.exec_driver_sql(f"DROP INDEX {row.index}")
-            builds.append(row.ddl)
-    return builds
+            indexes.append((row.index_name, None, row.ddl))
+    return indexes
+
+
+# What may depend on a table that is swapped for a rewritten copy: its row type, its
+# indexes and TOAST table, its key, unique and check constraints, its column defaults,
+# and the view that shows it. Anything else (a foreign key, another view, a trigger, a
+# policy, statistics, an owned sequence...) would be lost or would block the swap.
+_SWAP_BLOCKERS = """
+SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0) AS what
+FROM pg_depend d
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(:t)
+  AND d.classid <> 'pg_type'::regclass
+  AND d.classid <> 'pg_attrdef'::regclass
+  AND NOT (d.classid = 'pg_class'::regclass AND d.objid IN (
+      SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass(:t)
+      UNION ALL SELECT reltoastrelid FROM pg_class WHERE oid = to_regclass(:t)))
+  AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (
+      SELECT oid FROM pg_constraint WHERE conrelid = to_regclass(:t)
+      AND contype IN ('p', 'u', 'c')))
+  AND NOT (d.classid = 'pg_rewrite'::regclass AND d.objid IN (
+      SELECT oid FROM pg_rewrite WHERE ev_class = to_regclass(:v)))
+UNION ALL
+SELECT 'table settings' FROM pg_class c
+WHERE c.oid = to_regclass(:t) AND (
+  c.relacl IS NOT NULL OR c.reloptions IS NOT NULL OR c.relpersistence <> 'p'
+  OR c.reltablespace <> 0 OR c.relkind <> 'r' OR c.relispartition OR c.relrowsecurity
+  OR c.relreplident <> 'd' OR c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+  OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)
+  OR EXISTS (SELECT 1 FROM pg_description WHERE objoid = c.oid
+             AND classoid = 'pg_class'::regclass)
+  OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped AND (a.attacl IS NOT NULL OR a.attidentity <> ''
+             OR a.attgenerated <> '' OR a.attstattarget >= 0
+             OR EXISTS (SELECT 1 FROM unnest(a.attoptions) o WHERE o LIKE 'n\\_distinct%'))))
+"""
+
+
+def swap_blockers(conn: Connection, table: str, view: str, columns: Sequence[str]) -> list[str]:
+    """What would stop ``table`` (shown by ``view``) from being swapped for a copy that
+    writes ``columns``, with :func:`swapped`: an empty list when nothing would."""
+    preparer = conn.dialect.identifier_preparer
+    found = list(conn.execute(sa.text(_SWAP_BLOCKERS),
+                              {"t": preparer.quote(table), "v": preparer.quote(view)}).scalars())
+    present = conn.execute(sa.text(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0"
+        " AND NOT attisdropped"), {"t": preparer.quote(table)}).scalars()
+    found += [f"column {name} is not written" for name in set(present) - set(columns)]
+    return found
+
+
+def lock_writes(conn: Connection, table: str) -> None:
+    """Keep other transactions from writing ``table`` until the caller's ends (reading
+    it stays allowed)."""
+    conn.exec_driver_sql(f"LOCK TABLE {conn.dialect.identifier_preparer.quote(table)} "
+                         "IN EXCLUSIVE MODE")
+
+
+@dataclass(frozen=True)
+class Swap:
+    """The new table to fill (its name, unquoted), and the statements that build the
+    indexes and key of the table it replaces, to run once it has."""
+
+    fresh: str
+    builds: list[str]
+
+
+@contextmanager
+def swapped(conn: Connection, table: str, show: Callable[[], None]) -> Iterator[Swap]:
+    """Give the block a new empty table shaped like ``table`` to fill, without indexes;
+    then put it in ``table``'s place, under its name, and drop the old one.
+
+    ``show`` recreates the views over ``table`` (which follow the old table until then).
+    Writes to ``table`` are locked out from the start, so that none is lost. Check
+    :func:`swap_blockers` first; everything happens in the caller's transaction.
+    """
+    preparer = conn.dialect.identifier_preparer
+    name = preparer.quote(table)
+    lock_writes(conn, table)
+    oid = conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": name}).scalar_one()
+    fresh, old = f"_loader_new_{oid}", preparer.quote(f"_loader_old_{oid}")
+    conn.exec_driver_sql(
+        f"CREATE TABLE {preparer.quote(fresh)} (LIKE {name} INCLUDING DEFAULTS "
+        "INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)")
+    yield Swap(fresh, [build for _, _, build in _indexes(conn, table)])
+    conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {old}")
+    conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(fresh)} RENAME TO {name}")
+    show()
+    conn.exec_driver_sql(f"DROP TABLE {old}")
 
 
 def build_indexes(conn: Connection, builds: Sequence[str]) -> None:

@@ -27,12 +27,15 @@ from loader.processors._select import STORED, Expression, Lookup, RowSet
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
 from loader.tracking import (
+    CHANGED_AT,
     DELETED_AT,
     Col,
     TrackedTable,
+    create_view,
     ensure_indexes,
     ensure_table,
     require_table,
+    stamp,
 )
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -144,6 +147,7 @@ class Derive:
         with ctx.warehouse.begin() as conn:
             pg_bulk.build_indexes(conn, rebuild)
             ensure_indexes(conn, table)
+            bulk.analyze(conn, table.physical)
 
     def _joined_sql(self, conn: Connection, table: TrackedTable) -> dict[str, Expression]:
         """The expressions of the outputs a lookup joins on, typed as their columns."""
@@ -173,6 +177,11 @@ class Derive:
                    since: datetime | None, result: Result) -> list[str]:
         """Recompute and write the outputs. Returns the statements that build the indexes
         this dropped (a rewrite of most rows, on PostgreSQL), for after the commit."""
+        in_sql = self.compute is None or conn.dialect.name in self.sql_dialects
+        if since is None and in_sql and conn.dialect.name == "postgresql":
+            rewritten = self._rewrite_all(conn, ctx, table, rows, result)
+            if rewritten is not None:
+                return rewritten
         rebuild: list[str] = []
         key_types = [(k.name, sql_type(k.type)) for k in table.key]
         out_types = [(c.name, sql_type(c.type)) for c in self.outputs]
@@ -186,7 +195,6 @@ class Derive:
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
                 bulk.analyze(conn, keys)
-            in_sql = self.compute is None or conn.dialect.name in self.sql_dialects
             compute = self._compute_sql if in_sql else self._compute_pages
             staged = compute(ctx, rows, keys, out, result)
             if staged:
@@ -201,6 +209,75 @@ class Derive:
                 result.updated = counts.updated
                 result.count_changes(table.name, counts.changes)
         return rebuild
+
+    def _rewrite_all(self, conn: Connection, ctx: Context, table: TrackedTable, rows: RowSet,
+                     result: Result) -> list[str] | None:
+        """Recompute every row of a big table in SQL (PostgreSQL), counting first what
+        would change.
+
+        Nothing: nothing is written. Most rows: the table is written anew, every row
+        once, and swapped in, which leaves no old row versions behind and builds each
+        index once (returns the statements for that). Otherwise, or when something
+        else depends on the table, returns None: the caller stages and updates the
+        rows that differ.
+        """
+        total = pg_bulk.estimated_rows(conn, table.physical)
+        if total < REWRITE_AT_LEAST:
+            return None
+        # No other writer may slip in between the count and the write.
+        pg_bulk.lock_writes(conn, table.physical)
+        fresh = self._fresh(rows)
+        live = fresh.c[DELETED_AT].is_(None)
+        differs = {c.name: sa.and_(live, fresh.c[c.name].is_distinct_from(fresh.c[_new(i)]))
+                   for i, c in enumerate(self.outputs)}
+        any_differs = sa.or_(*differs.values())
+        found = conn.execute(sa.select(
+            sa.func.count().filter(live), sa.func.count().filter(any_differs),
+            *(sa.func.count().filter(d) for d in differs.values())).select_from(fresh)).one()
+        result.rows_read, changed = int(found[0]), int(found[1])
+        if not changed:
+            return []
+        names = [c.name for c in table.table.c]
+        if changed < max(REWRITE_AT_LEAST, REWRITE_SHARE * total) or pg_bulk.swap_blockers(
+                conn, table.physical, table.name, names):
+            return None
+        run_ts = sa.literal(ctx.run_ts, sa.DateTime())
+        new = {c.name: fresh.c[_new(i)] for i, c in enumerate(self.outputs)}
+        stamps = {stamp(name): name for name in new}
+        values: list[sa.ColumnElement[Any]] = []
+        for column in table.table.c:
+            name = column.name
+            if name in new:
+                values.append(sa.case((differs[name], new[name]), else_=fresh.c[name]))
+            elif name in stamps:
+                values.append(sa.case((differs[stamps[name]], run_ts), else_=fresh.c[name]))
+            elif name == CHANGED_AT:
+                values.append(sa.case((any_differs, run_ts), else_=fresh.c[name]))
+            else:
+                values.append(fresh.c[name])
+        with pg_bulk.swapped(conn, table.physical, lambda: create_view(conn, table)) as swap:
+            target = sa.table(swap.fresh, *(sa.column(n) for n in names))
+            conn.execute(sa.insert(target).from_select(names, sa.select(*values)))
+        result.updated = changed
+        result.count_changes(table.name, {c.name: int(n) for c, n in
+                                          zip(self.outputs, found[2:], strict=True) if n})
+        return swap.builds
+
+    def _fresh(self, rows: RowSet) -> sa.Subquery:
+        """Every stored column of every row, beside each output computed afresh (named by
+        :func:`_new`)."""
+        assert self.sql is not None
+        values, source = rows.columns_and_source(None)
+        scope = dict(values)
+        computed = []
+        for c in self.outputs:
+            if c.name not in rows.computed:  # else already computed for the join
+                scope[c.name] = sa.type_coerce(_exact(rows.conn, self.sql[c.name](scope), c),
+                                               sql_type(c.type))
+            computed.append(scope[c.name])
+        t = rows.table.table
+        return sa.select(*t.c, *(value.label(_new(i)) for i, value in enumerate(computed))
+                         ).select_from(source).subquery("fresh")
 
     def _compute_sql(self, ctx: Context, rows: RowSet, keys: sa.Table | None,
                      out: sa.Table, result: Result) -> int:
@@ -247,6 +324,11 @@ class Derive:
             result.rows_read += len(page)
             ctx.progress(self.name, result.rows_read, None)
         return staged
+
+
+def _new(position: int) -> str:
+    """The label of an output computed afresh, which no stored column can have."""
+    return f"{position}:new"
 
 
 def _exact(conn: Connection, expression: sa.ColumnElement[Any],

@@ -95,7 +95,7 @@ def leftovers(wh: Warehouse) -> list[str]:
             " AND tablename LIKE '\\_loader\\_%'")).scalars())
 
 
-def write(data: Path, events: dict[tuple[str, str], tuple[str, int, str]],
+def write(data: Path, events: dict[tuple[str, str], tuple[str, int | str, str]],
           rates: dict[tuple[str, str], str]) -> None:
     for part in PARTS:
         (data / f"events_{part}.csv").write_text("id,at,qty,price\n" + "".join(
@@ -114,9 +114,11 @@ def run(wh: Warehouse, data: Path, mode: str) -> dict[str, Any]:
 
 
 keys = st.tuples(st.sampled_from(PARTS), st.sampled_from("abcdefgh"))
+# Empty fields make outputs NULL: a table may have no output set at all.
 events_st = st.dictionaries(keys, st.tuples(
-    st.sampled_from([f"{d}T{h}:30:00Z" for d in DAYS for h in ("01", "23")]),
-    st.integers(0, 5), st.sampled_from(["0.10", "1.25", "3.00"])), min_size=1, max_size=12)
+    st.sampled_from([f"{d}T{h}:30:00Z" for d in DAYS for h in ("01", "23")] + [""]),
+    st.one_of(st.integers(0, 5), st.just("")), st.sampled_from(["0.10", "1.25", "3.00", ""])),
+    min_size=1, max_size=12)
 rates_st = st.dictionaries(st.tuples(st.sampled_from(PARTS), st.sampled_from(DAYS)),
                            st.sampled_from(["0.50", "1.10", "1.33"]), max_size=6)
 
@@ -178,12 +180,21 @@ def test_what_depends_on_the_table_keeps_it_updated_in_place(
     data.mkdir()
     write(data, {("x", "a"): ("2026-01-01T01:30:00Z", 2, "1.25")},
           {("x", "2026-01-01"): "1.10"})
-    with warehouse_on("postgresql", tmp_path) as wh:
+    with warehouse_on("postgresql", tmp_path) as wh, \
+            warehouse_on("postgresql", tmp_path) as other:
         with paths(monkeypatch, swap=True) as swapped:
-            run(wh, data, "full")
+            run(other, data, "full")
         assert swapped == ["events_tracked"]
+        assert run_sequence(wh, [EVENTS, RATES], mode="full",  # type: ignore[list-item]
+                            params={"data_dir": str(data)}).status == "succeeded"
         with wh.begin() as conn:
-            conn.exec_driver_sql("CREATE VIEW mine AS SELECT id, total_aud FROM events_tracked")
+            conn.exec_driver_sql("CREATE VIEW mine AS SELECT id, qty FROM events_tracked")
+        with paths(monkeypatch, swap=True) as swapped:
+            assert run(wh, data, "full")["updated"] == 1
+        assert swapped == []
+        with wh.begin() as conn:
+            conn.exec_driver_sql("CREATE OR REPLACE VIEW mine AS"
+                                 " SELECT id, qty, total_aud FROM events_tracked")
         write(data, {("x", "a"): ("2026-01-01T01:30:00Z", 3, "1.25")},
               {("x", "2026-01-01"): "1.10"})
         with paths(monkeypatch, swap=True) as swapped:

@@ -79,21 +79,25 @@ def _ts(value: datetime) -> sa.BindParameter[datetime]:
 
 
 def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequence[str],
-           run_ts: datetime, *, insert: bool = True, with_hash: bool = False) -> MergeCounts:
+           run_ts: datetime, *, insert: bool = True, with_hash: bool = False,
+           empty: bool = False) -> MergeCounts:
     """Merge the staged rows into ``table``.
 
     ``columns`` are the data columns present in ``stage`` (besides the key).
     A row whose values are all equal is not touched and keeps its stamps; a
     soft-deleted row that comes back is revived with every column stamped.
+    ``empty`` tells that ``table`` has no row, live or deleted: every staged row
+    is inserted, with no comparison.
     """
     t = table.table
     s = stage
-    bulk.analyze(conn, s)
+    if not empty:
+        bulk.analyze(conn, s)
     dead = t.c[DELETED_AT].is_not(None)
     differs = {c: t.c[c].is_distinct_from(s.c[c]) for c in columns}
     counts = MergeCounts()
     joined = None  # staged rows whose key is in the table, when counted
-    if columns:
+    if columns and not empty:
         totals = conn.execute(
             sa.select(
                 sa.func.count(),
@@ -121,7 +125,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     if with_hash:
         values[ROW_HASH] = s.c[ROW_HASH]
         condition = sa.or_(any_change, t.c[ROW_HASH].is_distinct_from(s.c[ROW_HASH]))
-    if columns or with_hash:
+    if (columns or with_hash) and not empty:
         result = conn.execute(
             sa.update(t).where(key_match(table, t, s, conn.dialect.name), condition)
             .values(values)
@@ -139,9 +143,11 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
         if with_hash:
             names.append(ROW_HASH)
             selected.append(s.c[ROW_HASH])
-        exists = sa.exists().where(key_match(table, t, s, conn.dialect.name))
+        query = sa.select(*selected)
+        if not empty:
+            query = query.where(~sa.exists().where(key_match(table, t, s, conn.dialect.name)))
         result = conn.execute(
-            sa.insert(t).from_select(names, sa.select(*selected).where(~exists)),
+            sa.insert(t).from_select(names, query),
             execution_options={"preserve_rowcount": True},
         )
         counts.inserted = result.rowcount

@@ -195,7 +195,8 @@ class Aggregate:
             if first and conn.dialect.name == "postgresql":
                 # Every group is new: the indexes are built once, after inserting them.
                 stack.enter_context(pg_bulk.indexes_built_after(conn, target.physical))
-            counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
+            counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts,
+                            empty=first)
             if not first:  # else no group can be missing
                 counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
             self._record(result, target, counts, conn.execute(

@@ -95,6 +95,7 @@ sources = sa.Table(
     sa.Column("source", sa.Text, primary_key=True),
     sa.Column("partition", sa.Text),
     sa.Column("content_hash", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger),  # bytes, when loaded (NULL before migration 0002)
     sa.Column("header", sa.Text),
     sa.Column("run_id", sa.Integer),
     sa.Column("loaded_at", sa.DateTime, nullable=False),

@@ -15,6 +15,7 @@ import array
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,10 +183,20 @@ class CsvSnapshot:
 
     def _load_file(self, conn: Connection, ctx: Context, path: Path, value: str,
                    result: Result) -> None:
-        found = _file_digest(path)
-        previous = conn.execute(sa.select(meta.sources.c.content_hash).where(
-            meta.sources.c.processor == self.name, meta.sources.c.source == path.name)).scalar()
-        if not ctx.full and previous == found.content:
+        s = meta.sources
+        previous = conn.execute(sa.select(s.c.content_hash, s.c.size).where(
+            s.c.processor == self.name, s.c.source == path.name)).first()
+        stored = None
+        if previous is not None and previous.size not in (None, path.stat().st_size):
+            # A file of another size has changed: its stored hashes are read meanwhile
+            # the file is hashed on another thread (hashlib lets go of the GIL).
+            with ThreadPoolExecutor(1) as pool:
+                digesting = pool.submit(_file_digest, path)
+                stored = self._stored_hashes(conn, value)
+                found = digesting.result()
+        else:
+            found = _file_digest(path)
+        if not ctx.full and previous is not None and previous.content_hash == found.content:
             result.details.setdefault("unchanged", []).append(path.name)
             return
         if found.nul_line is not None:
@@ -207,7 +218,7 @@ class CsvSnapshot:
         loader = _FileLoad(self, table, path, value, columns, all_extras, found.line_feeds)
         salt = hashlib.blake2b(
             f"{self.version}\n{value}\n{header.raw}".encode(), digest_size=32).digest()
-        counts, rejects, read = loader.load(conn, ctx, salt)
+        counts, rejects, read = loader.load(conn, ctx, salt, stored)
         result.rows_read += read
         result.inserted += counts.inserted
         result.updated += counts.updated
@@ -219,11 +230,21 @@ class CsvSnapshot:
             conn.execute(meta.rejects.insert(), [
                 {"source": path.name, "line": r[0], "reason": r[1], "raw": r[2],
                  "run_id": ctx.run_id, "rejected_at": ctx.run_ts} for r in rejects])
-        s = meta.sources
         conn.execute(s.delete().where(s.c.processor == self.name, s.c.source == path.name))
         conn.execute(s.insert().values(processor=self.name, source=path.name, partition=value,
-                                       content_hash=found.content, header=header.raw,
-                                       run_id=ctx.run_id, loaded_at=ctx.run_ts))
+                                       content_hash=found.content, size=found.size,
+                                       header=header.raw, run_id=ctx.run_id,
+                                       loaded_at=ctx.run_ts))
+
+    def _stored_hashes(self, conn: Connection, value: str) -> csv_copy.HashSet | None:
+        """The hashes of the live rows of partition ``value``; None before the table
+        exists."""
+        table = load_table(conn, self.table)
+        if table is None:
+            return None
+        t = table.table
+        return _stored_hashes(conn, t.c[ROW_HASH], t.c[self.partition] == value,
+                              t.c[DELETED_AT].is_(None))
 
     def _columns(self, conn: Connection, path: Path,
                  header: Record) -> tuple[list[str], list[str]]:
@@ -291,17 +312,21 @@ class _FileLoad:
     _matched_at: array.array[int] = field(default_factory=lambda: array.array("q"))
     _raws: dict[int, str] = field(default_factory=dict)  # the text of parsed records
 
-    def load(self, conn: Connection, ctx: Context,
-             salt: bytes) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
+    def load(self, conn: Connection, ctx: Context, salt: bytes,
+             stored: csv_copy.HashSet | None = None,
+             ) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
         """Load the records; returns the merge counts, the rejects and the records read.
 
-        The first load of a partition copies straight into the tracked table;
-        later loads stage only new and changed records and merge them.
+        ``stored`` are the partition's stored row hashes, when already read. The first
+        load of a partition copies straight into the tracked table; later loads stage
+        only new and changed records and merge them.
         """
         x = self.extract
         t = self.table.table
         in_partition = t.c[x.partition] == self.value
-        stored = _stored_hashes(conn, t.c[ROW_HASH], in_partition, t.c[DELETED_AT].is_(None))
+        if stored is None:
+            stored = _stored_hashes(conn, t.c[ROW_HASH], in_partition,
+                                    t.c[DELETED_AT].is_(None))
         direct = not stored and conn.execute(
             sa.select(sa.func.count()).where(in_partition)).scalar_one() == 0
         names = [x.partition, *(f.name for f in x.fields), *self.extras]
@@ -647,6 +672,7 @@ class _Digest:
     """What one pass over a file's bytes tells before it is loaded."""
 
     content: str  # the SHA-256 of the file
+    size: int  # bytes
     line_feeds: int
     nul_line: int | None  # the first line holding a NUL character, if any
 
@@ -654,7 +680,7 @@ class _Digest:
 def _file_digest(path: Path) -> _Digest:
     """The file's SHA-256, how many line feeds it holds, and where its first NUL is."""
     digest = hashlib.sha256()
-    lines = 0
+    size = lines = 0
     nul_line = None
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -662,4 +688,5 @@ def _file_digest(path: Path) -> _Digest:
             if nul_line is None and (at := chunk.find(b"\x00")) >= 0:
                 nul_line = lines + chunk.count(b"\n", 0, at) + 1
             lines += chunk.count(b"\n")
-    return _Digest(digest.hexdigest(), lines, nul_line)
+            size += len(chunk)
+    return _Digest(digest.hexdigest(), size, lines, nul_line)

@@ -48,6 +48,7 @@ from loader.tracking import (
     check_column_name,
     ensure_table,
     load_table,
+    physical_name,
     stamp,
 )
 
@@ -171,18 +172,26 @@ class CsvSnapshot:
                               f"{'these' if len(missing) > 1 else 'this'} {self.partition} was "
                               "changed. Restore the file, or remove its rows deliberately.")
         failures = []
+        first_loads = 0
         for value, path in files.items():
             try:
                 with ctx.warehouse.begin() as conn:
-                    self._load_file(conn, ctx, path, value, result)
+                    first_loads += self._load_file(conn, ctx, path, value, result)
             except (SourceError, CsvFormatError) as exc:
                 failures.append(str(exc))
+        if first_loads:
+            # The planner's statistics, once for every partition loaded for the first
+            # time, rather than after each of their files.
+            with ctx.warehouse.begin() as conn:
+                bulk.analyze(conn, physical_name(self.table))
         result.details["files"] = len(files)
         result.errors.extend(failures)
         return result
 
     def _load_file(self, conn: Connection, ctx: Context, path: Path, value: str,
-                   result: Result) -> None:
+                   result: Result) -> bool:
+        """Load one file, unless it is unchanged; True for the first load of its
+        partition, which leaves the table to be analysed."""
         s = meta.sources
         previous = conn.execute(sa.select(s.c.content_hash, s.c.size).where(
             s.c.processor == self.name, s.c.source == path.name)).first()
@@ -198,7 +207,7 @@ class CsvSnapshot:
             found = _file_digest(path)
         if not ctx.full and previous is not None and previous.content_hash == found.content:
             result.details.setdefault("unchanged", []).append(path.name)
-            return
+            return False
         if found.nul_line is not None:
             # Like bad UTF-8, a file error: text columns (on PostgreSQL) cannot hold it.
             raise CsvFormatError(path, found.nul_line, "a NUL character is not text")
@@ -218,7 +227,7 @@ class CsvSnapshot:
         loader = _FileLoad(self, table, path, value, columns, all_extras, found.line_feeds)
         salt = hashlib.blake2b(
             f"{self.version}\n{value}\n{header.raw}".encode(), digest_size=32).digest()
-        counts, rejects, read = loader.load(conn, ctx, salt, stored)
+        counts, rejects, read, first_load = loader.load(conn, ctx, salt, stored)
         result.rows_read += read
         result.inserted += counts.inserted
         result.updated += counts.updated
@@ -235,6 +244,7 @@ class CsvSnapshot:
                                        content_hash=found.content, size=found.size,
                                        header=header.raw, run_id=ctx.run_id,
                                        loaded_at=ctx.run_ts))
+        return first_load
 
     def _stored_hashes(self, conn: Connection, value: str) -> csv_copy.HashSet | None:
         """The hashes of the live rows of partition ``value``; None before the table
@@ -314,12 +324,14 @@ class _FileLoad:
 
     def load(self, conn: Connection, ctx: Context, salt: bytes,
              stored: csv_copy.HashSet | None = None,
-             ) -> tuple[MergeCounts, list[tuple[int, str, str]], int]:
-        """Load the records; returns the merge counts, the rejects and the records read.
+             ) -> tuple[MergeCounts, list[tuple[int, str, str]], int, bool]:
+        """Load the records; returns the merge counts, the rejects, the records read, and
+        whether this was the partition's first load.
 
         ``stored`` are the partition's stored row hashes, when already read. The first
-        load of a partition copies straight into the tracked table; later loads stage
-        only new and changed records and merge them.
+        load of a partition copies straight into the tracked table, and leaves it for
+        the caller to analyse; later loads stage only new and changed records and merge
+        them.
         """
         x = self.extract
         t = self.table.table
@@ -346,8 +358,7 @@ class _FileLoad:
                     read, loaded = self._each_row(ctx, salt, stored, self._values(put, suffix))
             counts = MergeCounts(inserted=loaded, changes={c: loaded for c in data} if loaded
                                  else {})
-            bulk.analyze(conn, t)
-            return counts, self.rejects, read
+            return counts, self.rejects, read, True
         with bulk.stage(conn, f"{x.name}_rows", columns, key=x.key) as staged:
             if conn.dialect.name == "postgresql":
                 with self._copy_lines(conn, staged.name) as emit:
@@ -365,7 +376,7 @@ class _FileLoad:
                 bulk.load(conn, gone, ([h] for h in stored))
                 counts.deleted = delete_hashes(conn, self.table, gone, in_partition,
                                                ctx.run_ts)
-        return counts, self.rejects, read
+        return counts, self.rejects, read, False
 
     def _unchanged_duplicates(self, conn: Connection, staged: sa.Table,
                               unmatched: csv_copy.HashSet) -> int:

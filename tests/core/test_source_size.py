@@ -120,3 +120,37 @@ def test_migration_0002_adds_the_size_to_recorded_loads(warehouse_url: str) -> N
                                 ).scalars().all() == ["h"]
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_first_loads_are_analysed_once_after_the_last_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three partitions loaded for the first time: the table is analysed once, after
+    the last of them, and the planner knows every row. A reload analyses nothing."""
+    from loader import bulk
+
+    analysed: list[str] = []
+    original = bulk.analyze
+
+    def spy(conn: sa.Connection, table: Any) -> None:
+        name = table if isinstance(table, str) else table.name
+        if not name.startswith("_stage"):
+            analysed.append(name)
+        original(conn, table)
+
+    monkeypatch.setattr(bulk, "analyze", spy)
+    with new_warehouse("postgresql", tmp_path) as wh:
+        for part in "abc":
+            (tmp_path / f"items_{part}.csv").write_text(
+                "id,v\n" + "".join(f"{n},{part}\n" for n in range(40)))
+        outcome = run_sequence(wh, [extract()], params={"data_dir": str(tmp_path)})
+        assert outcome.status == "succeeded", outcome.error
+        assert analysed == ["items_tracked"]
+        with wh.begin() as conn:
+            assert conn.execute(sa.text(
+                "SELECT reltuples FROM pg_class WHERE oid = 'items_tracked'::regclass")
+            ).scalar_one() == 120
+        (tmp_path / "items_b.csv").write_text("id,v\n1,b\n")
+        outcome = run_sequence(wh, [extract()], params={"data_dir": str(tmp_path)})
+        assert outcome.status == "succeeded", outcome.error
+        assert analysed == ["items_tracked"]

@@ -392,7 +392,9 @@ class PhaseTimer:
         self.now = Phases("")
         self._load_started: float | None = None
 
-    def timer(self, name: str) -> Callable[[Any], Any]:
+    def timer(self, name: str | Callable[[], str]) -> Callable[[Any], Any]:
+        """Time a function under ``name``, or under the name ``name()`` gives when the
+        call ends (on the thread that made it)."""
         def wrap(func: Any) -> Any:
             @functools.wraps(func)
             def timed(*args: Any, **kwargs: Any) -> Any:
@@ -400,34 +402,20 @@ class PhaseTimer:
                 try:
                     return func(*args, **kwargs)
                 finally:
-                    self.now.add(name, time.perf_counter() - started)
+                    self.now.add(name if isinstance(name, str) else name(),
+                                 time.perf_counter() - started)
             return timed
         return wrap
 
     def digest_timer(self, func: Any) -> Any:
         """The file digest: on the main thread, or on a second one beside the SELECT."""
-        @functools.wraps(func)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                main = threading.current_thread() is threading.main_thread()
-                self.now.add(DIGEST if main else DIGEST_THREAD, time.perf_counter() - started)
-        return timed
+        return self.timer(lambda: DIGEST if threading.current_thread()
+                          is threading.main_thread() else DIGEST_THREAD)(func)
 
     def stored_timer(self, func: Any) -> Any:
         """The SELECT of the stored hashes: inside ``load``, or before it, beside the
         digest."""
-        @functools.wraps(func)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            inside = self._load_started is not None
-            started = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                self.now.add(PREVIOUS if inside else BESIDE, time.perf_counter() - started)
-        return timed
+        return self.timer(lambda: PREVIOUS if self._load_started is not None else BESIDE)(func)
 
     def load_timer(self, func: Any) -> Any:
         @functools.wraps(func)

@@ -116,7 +116,9 @@ def _indexes(conn: Connection, table: str) -> list[tuple[str, str | None, str]]:
 # What may depend on a table that is swapped for a rewritten copy: its row type, its
 # indexes and TOAST table, its key, unique and check constraints, its column defaults,
 # and the view that shows it. Anything else (a foreign key, another view, a trigger, a
-# policy, statistics, an owned sequence...) would be lost or would block the swap.
+# policy, statistics, an owned sequence...) would be lost or would block the swap, and
+# so would the table's settings, or its being in another schema than the current one
+# (where the copy and the view are made).
 _SWAP_BLOCKERS = """
 SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0) AS what
 FROM pg_depend d
@@ -136,6 +138,7 @@ SELECT 'table settings' FROM pg_class c
 WHERE c.oid = to_regclass(:t) AND (
   c.relacl IS NOT NULL OR c.reloptions IS NOT NULL OR c.relpersistence <> 'p'
   OR c.reltablespace <> 0 OR c.relkind <> 'r' OR c.relispartition OR c.relrowsecurity
+  OR c.relnamespace <> (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
   OR c.relreplident <> 'd' OR c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
   OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)
   OR EXISTS (SELECT 1 FROM pg_description WHERE objoid = c.oid

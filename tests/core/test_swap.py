@@ -235,7 +235,10 @@ def test_swap_blockers_name_what_would_be_lost(tmp_path: Path,
                            "COMMENT ON TABLE events_tracked IS 'mine'",
                            "ALTER TABLE events_tracked SET (fillfactor = 70)",
                            "ALTER TABLE events_tracked ALTER COLUMN id SET (n_distinct = 5)",
-                           "ALTER TABLE events_tracked ALTER COLUMN id SET STATISTICS 500"):
+                           "ALTER TABLE events_tracked ALTER COLUMN id SET STATISTICS 500",
+                           # the copy and the view would be made in another schema
+                           "CREATE SCHEMA elsewhere; SET LOCAL search_path = elsewhere, "
+                           + conn.exec_driver_sql("SELECT current_schema()").scalar_one()):
                 assert blockers(change) == ["table settings"], change
             assert pg_bulk.swap_blockers(conn, "events_tracked", "events", columns[1:]) == [
                 f"column {columns[0]} is not written"]

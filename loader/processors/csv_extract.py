@@ -197,8 +197,8 @@ class CsvSnapshot:
             s.c.processor == self.name, s.c.source == path.name)).first()
         stored = None
         if previous is not None and previous.size not in (None, path.stat().st_size):
-            # A file of another size has changed: its stored hashes are read meanwhile
-            # the file is hashed on another thread (hashlib lets go of the GIL).
+            # A file of another size has changed: its stored hashes are read while the
+            # file is hashed on another thread (hashlib lets go of the GIL).
             with ThreadPoolExecutor(1) as pool:
                 digesting = pool.submit(_file_digest, path)
                 stored = self._stored_hashes(conn, value)

@@ -356,13 +356,12 @@ def patched(owner: Any, name: str, wrap: Callable[[Any], Any]) -> Iterator[None]
 
 STREAM = "read + hash records, parse changed ones, stream them to the stage COPY"
 PREVIOUS = "SELECT the stored hashes into a set"
-BESIDE = "SELECT the stored hashes, beside the file digest (file of another size)"
 STAGE_DDL = "create/drop temporary stage tables"
 FINISH = "finish COPY to stage"
 UPSERT = "merge: upsert SQL (stage -> tracked table)"
 GONE = "find and soft-delete vanished keys"
 DIGEST = "file digest (sha256 of the file)"
-DIGEST_THREAD = "file digest on a second thread (overlaps the SELECT beside it)"
+DIGEST_THREAD = "file digest on a second thread, beside that SELECT (file of another size)"
 ENSURE = "ensure_table (create table, view, registry)"
 LOAD = "_FileLoad.load"
 SLOW_SQL = 0.05
@@ -390,7 +389,6 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.now = Phases("")
-        self._load_started: float | None = None
 
     def timer(self, name: str | Callable[[], str]) -> Callable[[Any], Any]:
         """Time a function under ``name``, or under the name ``name()`` gives when the
@@ -411,22 +409,6 @@ class PhaseTimer:
         """The file digest: on the main thread, or on a second one beside the SELECT."""
         return self.timer(lambda: DIGEST if threading.current_thread()
                           is threading.main_thread() else DIGEST_THREAD)(func)
-
-    def stored_timer(self, func: Any) -> Any:
-        """The SELECT of the stored hashes: inside ``load``, or before it, beside the
-        digest."""
-        return self.timer(lambda: PREVIOUS if self._load_started is not None else BESIDE)(func)
-
-    def load_timer(self, func: Any) -> Any:
-        @functools.wraps(func)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self._load_started = started = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                self._load_started = None
-                self.now.add(LOAD, time.perf_counter() - started)
-        return timed
 
     def stage_timer(self, func: Any) -> Any:
         @contextlib.contextmanager
@@ -471,14 +453,14 @@ class PhaseTimer:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         with patched(csv_extract, "_file_digest", self.digest_timer), \
-                patched(csv_extract, "_stored_hashes", self.stored_timer), \
+                patched(csv_extract, "_stored_hashes", self.timer(PREVIOUS)), \
                 patched(csv_extract, "ensure_table", self.timer(ENSURE)), \
                 patched(csv_extract, "upsert", self.timer(UPSERT)), \
                 patched(csv_extract, "delete_hashes", self.timer(GONE)), \
                 patched(loader.bulk, "stage", self.stage_timer), \
                 patched(loader.bulk, "writer", self.writer_timer), \
                 patched(csv_extract.pg_bulk, "text_writer", self.writer_timer), \
-                patched(csv_extract._FileLoad, "load", self.load_timer):
+                patched(csv_extract._FileLoad, "load", self.timer(LOAD)):
             yield
 
     def run(self, label: str, wh: Warehouse, data_dir: Path, mode: str,
@@ -488,9 +470,9 @@ class PhaseTimer:
             self.now.total, _ = timed_run(wh, data_dir, mode, memory)
         load = self.now.spent.pop(LOAD, 0.0)
         inside = sum(self.now.spent.get(k, 0.0)
-                     for k in (PREVIOUS, STAGE_DDL, STREAM, FINISH, UPSERT, GONE))
+                     for k in (STAGE_DDL, STREAM, FINISH, UPSERT, GONE))
         # The digest on a second thread overlaps the SELECT beside it: not counted twice.
-        outside = sum(self.now.spent.get(k, 0.0) for k in (DIGEST, BESIDE, ENSURE))
+        outside = sum(self.now.spent.get(k, 0.0) for k in (DIGEST, PREVIOUS, ENSURE))
         self.now.spent["rest of _FileLoad.load (vanished-key scan, counts)"] = load - inside
         self.now.spent["rest of the run (lease, history, registry, commit)"] = (
             self.now.total - load - outside)

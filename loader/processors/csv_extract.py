@@ -211,6 +211,8 @@ class CsvSnapshot:
         if found.nul_line is not None:
             # Like bad UTF-8, a file error: text columns (on PostgreSQL) cannot hold it.
             raise CsvFormatError(path, found.nul_line, "a NUL character is not text")
+        if stored is None:
+            stored = self._stored_hashes(conn, value)
         with closing(iter_raw(path)) as records:
             first = next(records, None)
         header = None if first is None else Record(first[0], first[1], split_fields(first[1]))
@@ -246,12 +248,12 @@ class CsvSnapshot:
                                        loaded_at=ctx.run_ts))
         return first_load
 
-    def _stored_hashes(self, conn: Connection, value: str) -> csv_copy.HashSet | None:
-        """The hashes of the live rows of partition ``value``; None before the table
-        exists."""
+    def _stored_hashes(self, conn: Connection, value: str) -> csv_copy.HashSet:
+        """The hashes of the live rows of partition ``value`` (none before the table
+        exists)."""
         table = load_table(conn, self.table)
         if table is None:
-            return None
+            return csv_copy.hashes()
         t = table.table
         return _stored_hashes(conn, t.c[ROW_HASH], t.c[self.partition] == value,
                               t.c[DELETED_AT].is_(None))
@@ -322,13 +324,12 @@ class _FileLoad:
     _matched_at: array.array[int] = field(default_factory=lambda: array.array("q"))
     _raws: dict[int, str] = field(default_factory=dict)  # the text of parsed records
 
-    def load(self, conn: Connection, ctx: Context, salt: bytes,
-             stored: csv_copy.HashSet | None = None,
+    def load(self, conn: Connection, ctx: Context, salt: bytes, stored: csv_copy.HashSet,
              ) -> tuple[MergeCounts, list[tuple[int, str, str]], int, bool]:
         """Load the records; returns the merge counts, the rejects, the records read, and
         whether this was the partition's first load.
 
-        ``stored`` are the partition's stored row hashes, when already read. The first
+        ``stored`` are the partition's stored row hashes (as read before). The first
         load of a partition copies straight into the tracked table, and leaves it for
         the caller to analyse; later loads stage only new and changed records and merge
         them.
@@ -336,9 +337,6 @@ class _FileLoad:
         x = self.extract
         t = self.table.table
         in_partition = t.c[x.partition] == self.value
-        if stored is None:
-            stored = _stored_hashes(conn, t.c[ROW_HASH], in_partition,
-                                    t.c[DELETED_AT].is_(None))
         direct = not stored and conn.execute(
             sa.select(sa.func.count()).where(in_partition)).scalar_one() == 0
         names = [x.partition, *(f.name for f in x.fields), *self.extras]

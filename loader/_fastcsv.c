@@ -6,9 +6,9 @@
  * (``"..."`` with no quote inside; a quoted text may hold commas). For each such record
  * it does what the Python loop in ``loader.processors.csv_extract`` does for it: the
  * keyed BLAKE2b hash of its text, the check against the hashes stored by the previous
- * load, the check for a key seen before, and the COPY text line. It stops, without side effects, at the
- * first line it cannot take, and Python handles that line; so every record the two
- * paths could disagree on is decided by Python.
+ * load, the check for a key seen before, and the COPY text line. It stops, without side
+ * effects, at the first line it cannot take, and Python handles that line; so every
+ * record the two paths could disagree on is decided by Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -211,35 +211,18 @@ class Aggregate:
     def _rebuild_touched(self, conn: Connection, ctx: Context, source: TrackedTable,
                          target: TrackedTable, members: sa.Table, since: datetime,
                          result: Result) -> None:
-        s = source.table
-        after = sa.literal(since, sa.DateTime())
-        key_types = [(k.name, sql_type(k.type)) for k in source.key]
-        group_types = [(c, sql_type(source.col(c).type)) for c in self.group_by]
         with ExitStack() as stack:
-            changed = stack.enter_context(bulk.stage(conn, f"{self.name}_changed", key_types,
-                                                           key=source.key_names))
-            conn.execute(sa.insert(changed).from_select(
-                list(source.key_names),
-                sa.select(*(s.c[k] for k in source.key_names)).where(
-                    s.c[CHANGED_AT] > after,
-                    sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
-                           *(s.c[stamp(c)] > after for c in self.inputs
-                             if c not in source.key_names)),
-                ),
-            ))
-            bulk.analyze(conn, changed)
+            moves = self._stage_moves(conn, stack, source, members, since)
             result.rows_read = conn.execute(
-                sa.select(sa.func.count()).select_from(changed)).scalar_one()
+                sa.select(sa.func.count()).select_from(moves)).scalar_one()
             if not result.rows_read:
                 return
-            groups = stack.enter_context(bulk.stage(conn, f"{self.name}_touched", group_types,
-                                                          key=self.group_by))
-            by_key = key_match(source, s, changed, conn.dialect.name)
-            now_in = sa.select(*(s.c[c] for c in self.group_by)).select_from(
-                s.join(changed, by_key)).where(
-                s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
-            was_in = sa.select(*(members.c[f"g_{c}"] for c in self.group_by)).select_from(
-                members.join(changed, key_match(source, members, changed, conn.dialect.name)))
+            groups = stack.enter_context(bulk.stage(
+                conn, f"{self.name}_touched",
+                [(c, sql_type(source.col(c).type)) for c in self.group_by], key=self.group_by))
+            count = len(self.group_by)
+            now_in = sa.select(*(moves.c[f"n{i}"] for i in range(count))).where(moves.c.now)
+            was_in = sa.select(*(moves.c[f"o{i}"] for i in range(count))).where(moves.c.was)
             conn.execute(sa.insert(groups).from_select(list(self.group_by),
                                                        sa.union(now_in, was_in)))
             bulk.analyze(conn, groups)
@@ -256,9 +239,62 @@ class Aggregate:
             ).rowcount
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(groups)).scalar_one())
-            conn.execute(members.delete().where(
-                sa.exists().where(key_match(source, members, changed, conn.dialect.name))))
-            self._insert_members(conn, source, members, changed)
+            self._move_members(conn, source, members, moves)
+
+    def _stage_moves(self, conn: Connection, stack: ExitStack, source: TrackedTable,
+                     members: sa.Table, since: datetime) -> sa.Table:
+        """The source rows changed after ``since``, each with its group now and before.
+
+        One row per changed key: ``k<i>`` the key, ``n<i>`` the group now and ``now``
+        whether the row counts now, ``o<i>`` the group it counted in and ``was``
+        whether it did, ``moved`` whether it counts in both but another group. The
+        names are positional, so no column of the source can clash with them. One
+        pass over the changed rows and their membership gives both the touched
+        groups and the few membership rows to write.
+        """
+        s = source.table
+        after = sa.literal(since, sa.DateTime())
+        keys = list(source.key_names)
+        columns: list[tuple[str, Any]] = [
+            *((f"k{i}", sql_type(k.type)) for i, k in enumerate(source.key)),
+            *((f"n{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
+            *((f"o{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
+            ("now", sa.Boolean()), ("was", sa.Boolean()), ("moved", sa.Boolean())]
+        moves = stack.enter_context(bulk.stage(
+            conn, f"{self.name}_moves", columns, key=[f"k{i}" for i in range(len(keys))]))
+        m = members
+        counted = sa.and_(s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+        was = m.c[keys[0]].is_not(None)
+        moved = sa.and_(counted, was, sa.or_(*(
+            m.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
+        query = sa.select(
+            *(s.c[k] for k in keys), *(s.c[c] for c in self.group_by),
+            *(m.c[f"g_{c}"] for c in self.group_by),
+            counted, was, moved,
+        ).select_from(s.outerjoin(m, sa.and_(*(m.c[k] == s.c[k] for k in keys)))).where(
+            s.c[CHANGED_AT] > after,
+            sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
+                   *(s.c[stamp(c)] > after for c in self.inputs if c not in keys)),
+        )
+        conn.execute(sa.insert(moves).from_select([n for n, _ in columns], query))
+        bulk.analyze(conn, moves)
+        return moves
+
+    def _move_members(self, conn: Connection, source: TrackedTable, members: sa.Table,
+                      moves: sa.Table) -> None:
+        """Write to the membership table only the rows that left, moved or joined."""
+        keys = list(source.key_names)
+        m = members
+        same = sa.and_(*(m.c[k] == moves.c[f"k{i}"] for i, k in enumerate(keys)))
+        conn.execute(m.delete().where(sa.exists().where(
+            same, moves.c.was, sa.not_(moves.c.now))))
+        conn.execute(sa.update(m).where(same, moves.c.moved).values(
+            {f"g_{c}": moves.c[f"n{i}"] for i, c in enumerate(self.group_by)}))
+        conn.execute(sa.insert(m).from_select(
+            [*keys, *(f"g_{c}" for c in self.group_by)],
+            sa.select(*(moves.c[f"k{i}"] for i in range(len(keys))),
+                      *(moves.c[f"n{i}"] for i in range(len(self.group_by))))
+            .where(moves.c.now, sa.not_(moves.c.was))))
 
     def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> None:
         """Make the membership table match the source, writing only the differences."""
@@ -268,7 +304,7 @@ class Aggregate:
             with ExitStack() as stack:
                 if conn.dialect.name == "postgresql":
                     stack.enter_context(pg_bulk.indexes_built_after(conn, members.name))
-                self._insert_members(conn, source, members, None)
+                self._insert_members(conn, source, members)
             return
         s = source.table
         counted = sa.and_(s.c[DELETED_AT].is_(None),
@@ -284,14 +320,12 @@ class Aggregate:
         conn.execute(sa.insert(members).from_select(
             [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
 
-    def _insert_members(self, conn: Connection, source: TrackedTable, members: sa.Table,
-                        changed: sa.Table | None) -> None:
+    def _insert_members(self, conn: Connection, source: TrackedTable,
+                        members: sa.Table) -> None:
         s = source.table
         query = sa.select(*(s.c[k] for k in source.key_names),
                           *(s.c[c] for c in self.group_by)).where(
             s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
-        if changed is not None:
-            query = query.where(sa.exists().where(key_match(source, s, changed, conn.dialect.name)))
         conn.execute(sa.insert(members).from_select(
             [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
 

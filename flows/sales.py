@@ -195,18 +195,29 @@ def _scalar(conn: Connection, query: sa.Select[Any]) -> Any:
     return conn.execute(query).scalar()
 
 
+def sales_totals(conn: Connection, ctx: Context) -> tuple[Any, int, int]:
+    """sum(amount_aud), the row count and the count of rows with a customer_id of
+    sales: one scan, shared by the checks that need them."""
+    if "sales_totals" not in ctx.memo:
+        sales = sa.table("sales", sa.column("amount_aud"), sa.column("customer_id"))
+        by_row, rows, with_customer = conn.execute(sa.select(
+            sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0), sa.func.count(),
+            sa.func.count(sales.c.customer_id))).one()
+        ctx.memo["sales_totals"] = (by_row, int(rows), int(with_customer))
+    totals: tuple[Any, int, int] = ctx.memo["sales_totals"]
+    return totals
+
+
 def revenue_adds_up(conn: Connection, ctx: Context) -> str | None:
-    """daily_sales holds every sale once: same revenue, same count (one scan of each)."""
+    """daily_sales holds every sale once: same revenue, same count."""
     daily = sa.table("daily_sales", sa.column("revenue_aud"), sa.column("txns"))
-    sales = sa.table("sales", sa.column("amount_aud"))
     by_day, txns = conn.execute(sa.select(
         sa.func.coalesce(exact_sum(daily.c.revenue_aud, 2), 0),
         sa.func.coalesce(sa.func.sum(daily.c.txns), 0))).one()
-    by_row, rows = conn.execute(sa.select(
-        sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0), sa.func.count())).one()
+    by_row, rows, _ = sales_totals(conn, ctx)
     if Decimal(by_day) != Decimal(by_row):
         return f"sum(daily_sales.revenue_aud) = {by_day} but sum(sales.amount_aud) = {by_row}"
-    if int(txns) != int(rows):
+    if int(txns) != rows:
         return f"sum(daily_sales.txns) = {txns} but sales has {rows} rows"
     return None
 
@@ -225,11 +236,9 @@ def every_region_loaded(conn: Connection, ctx: Context) -> str | None:
 def customers_add_up(conn: Connection, ctx: Context) -> str | None:
     """customer_summary counts every sale that has a customer once."""
     summary = sa.table("customer_summary", sa.column("txns"))
-    sales = sa.table("sales", sa.column("customer_id"))
     txns = _scalar(conn, sa.select(sa.func.coalesce(sa.func.sum(summary.c.txns), 0)))
-    rows = _scalar(conn, sa.select(sa.func.count()).select_from(sales)
-                   .where(sales.c.customer_id.is_not(None)))
-    if int(txns) != int(rows):
+    _, _, rows = sales_totals(conn, ctx)
+    if int(txns) != rows:
         return f"sum(customer_summary.txns) = {txns} but {rows} sales have a customer_id"
     return None
 

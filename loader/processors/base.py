@@ -36,6 +36,8 @@ class Context:
     mode: Mode = "refresh"
     params: Mapping[str, str] = field(default_factory=dict)
     progress: Progress = _no_progress
+    # Values the parts of one task share, computed once (a scan two checks both need).
+    memo: dict[str, Any] = field(default_factory=dict)
 
     @property
     def full(self) -> bool:

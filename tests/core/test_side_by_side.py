@@ -1,0 +1,247 @@
+"""Reloads that change nothing of the table load side by side on PostgreSQL, each file on
+its own connection; the warehouse ends exactly as if the files had loaded one by one."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import pg_schema_url
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from loader import CsvSnapshot, Field, Warehouse, run_sequence
+from loader.execute import RunOutcome
+from loader.processors import csv_extract
+from loader.sources.csvfile import parse_int
+
+pytestmark = pytest.mark.postgres
+
+PARTS = ("a", "b", "c")
+# A record: an id from a small range (so that rows change, go and come back), and a
+# number that is sometimes not one (a reject).
+RECORDS = st.tuples(st.integers(1, 12), st.one_of(st.integers(0, 99).map(str),
+                                                   st.sampled_from(["x", ""])))
+# One round: the records of each file (None: the file is left as it was), and whether
+# file c names an extra column.
+ROUNDS = st.lists(st.tuples(st.lists(st.one_of(st.none(), st.lists(RECORDS, max_size=10)),
+                                     min_size=3, max_size=3), st.booleans()),
+                  min_size=1, max_size=3)
+
+
+class OneByOne(CsvSnapshot):
+    """The same extract, loading its files one at a time."""
+
+    def _side_by_side(self, conn: Any, files: Any, loaded: Any) -> set[str]:
+        return set()
+
+
+def extract(kind: type[CsvSnapshot] = CsvSnapshot) -> CsvSnapshot:
+    return kind("items_csv", "items", "items_{p}.csv", ("p", "id"),
+                (Field("id"), Field("n", "integer", parse_int)))
+
+
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each file's load ran on."""
+    seen: list[str] = []
+    original = CsvSnapshot._load_file
+
+    def spy(self: CsvSnapshot, *args: Any, **kwargs: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CsvSnapshot, "_load_file", spy)
+    return seen
+
+
+def write(directory: Path, part: str, records: list[tuple[int, str]], extra: bool) -> None:
+    header = "id,n,note" if extra else "id,n"
+    lines = [f"{i},{n},z" if extra else f"{i},{n}" for i, n in records]
+    (directory / f"items_{part}.csv").write_text("\n".join([header, *lines]) + "\n")
+
+
+def run(wh: Warehouse, directory: Path, processor: CsvSnapshot, mode: str) -> RunOutcome:
+    outcome = run_sequence(wh, [processor], params={"data_dir": str(directory)}, mode=mode)
+    assert outcome.status == "succeeded", outcome.error
+    return outcome
+
+
+def state(wh: Warehouse) -> dict[str, Any]:
+    """Every row of the physical table (stamps as run ordinals), the rejects, the
+    recorded loads and the table's columns."""
+    with wh.begin() as conn:
+        ordinal = {ts: n for n, ts in enumerate(conn.execute(sa.text(
+            "SELECT run_ts FROM loader_runs ORDER BY run_id")).scalars())}
+
+        def plain(v: Any) -> Any:
+            return ordinal.get(v, v) if isinstance(v, datetime) else v
+
+        found = conn.execute(sa.text("SELECT * FROM items_tracked ORDER BY p, id"))
+        names = list(found.keys())
+        return {
+            "rows": [dict(zip(names, map(plain, row), strict=True)) for row in found],
+            "rejects": conn.execute(sa.text(
+                "SELECT source, line, reason, raw, run_id FROM rejects "
+                "ORDER BY source, line")).all(),
+            "sources": conn.execute(sa.text(
+                "SELECT source, partition, content_hash, size, header, run_id "
+                "FROM loader_sources ORDER BY source")).all(),
+        }
+
+
+def counts(outcome: RunOutcome) -> dict[str, Any]:
+    result = outcome.results["items_csv"]
+    return {"read": result.rows_read, "inserted": result.inserted, "updated": result.updated,
+            "deleted": result.deleted, "rejected": result.rejected, "changes": result.changes,
+            "details": result.details, "errors": result.errors}
+
+
+@contextlib.contextmanager
+def two_warehouses() -> Iterator[tuple[Warehouse, Warehouse]]:
+    with contextlib.ExitStack() as stack:
+        pair = []
+        for _ in range(2):
+            wh = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+            stack.callback(wh.dispose)
+            pair.append(wh)
+        yield pair[0], pair[1]
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(first=st.lists(st.lists(RECORDS, min_size=1, max_size=10), min_size=3, max_size=3),
+       rounds=ROUNDS, modes=st.lists(st.sampled_from(["refresh", "full"]), min_size=3,
+                                     max_size=3))
+@example(first=[[(1, "1"), (2, "2")], [(1, "1")], [(3, "3"), (4, "x")]],
+         rounds=[([[(1, "5"), (2, "2"), (2, "7")], [(2, "1")], [(3, "3"), (5, "")]], False),
+                 ([None, [(1, "1"), (2, "1")], [(3, "4")]], True)],
+         modes=["refresh", "full", "refresh"])
+def test_side_by_side_reloads_end_as_loads_one_by_one(
+        tmp_path_factory: pytest.TempPathFactory, threads: list[str],
+        first: list[list[tuple[int, str]]],
+        rounds: list[tuple[list[list[tuple[int, str]] | None], bool]],
+        modes: list[str]) -> None:
+    """Drawn files are loaded, then edited (changed, gone, repeated and bad records,
+    a file left alone, a new column in one file) and reloaded, by refreshes and full
+    runs: the warehouse loading side by side and the one loading one file at a time end
+    equal after every run, stamps, rejects, recorded loads and counts included. Files
+    that reload together run on the extract's threads; a first load and a file that
+    brings a new column run on the task's own thread."""
+    directory = tmp_path_factory.mktemp("files")
+    with two_warehouses() as (together, alone):
+        for part, records in zip(PARTS, first, strict=True):
+            write(directory, part, records, False)
+        extra = False
+        for step, (files, new_extra) in enumerate([([*first], False), *rounds]):
+            mode = "full" if step == 0 else modes[step - 1]
+            adds_column = False
+            if step:
+                for part, records in zip(PARTS, files, strict=True):
+                    if records is not None:
+                        write(directory, part, records, extra and part == "c")
+                if new_extra and not extra and files[2] is not None:
+                    write(directory, "c", files[2], True)
+                    extra = adds_column = True
+            expected = pooled_loads(together, added="c" if adds_column else None)
+            threads.clear()
+            ours = run(together, directory, extract(), mode)
+            pooled = [name for name in threads if name.startswith("items_csv")]
+            theirs = run(alone, directory, extract(OneByOne), mode)
+            assert counts(ours) == counts(theirs)
+            assert state(together) == state(alone)
+            assert len(pooled) == expected
+
+
+def pooled_loads(wh: Warehouse, added: str | None) -> int:
+    """How many files the next run loads side by side: those of partitions with rows
+    (reloads) whose file brings no new column, in runs of at least two in file order."""
+    with wh.begin() as conn:
+        if not sa.inspect(conn).has_table("items_tracked"):
+            return 0
+        with_rows = set(conn.execute(sa.text("SELECT DISTINCT p FROM items_tracked")).scalars())
+    runs: list[list[str]] = [[]]
+    for part in PARTS:
+        if part in with_rows and part != added:
+            runs[-1].append(part)
+        else:
+            runs.append([])
+    return sum(len(run) for run in runs if len(run) > 1)
+
+
+def test_a_new_column_and_a_first_load_go_alone(tmp_path: Path, threads: list[str]) -> None:
+    """Of four files, the two plain reloads load together; the one naming a new column
+    and the one of a new partition load after them, in file order, alone, on the task's
+    thread."""
+    with two_warehouses() as (wh, _):
+        for part in PARTS:
+            write(tmp_path, part, [(1, "1"), (2, "2")], False)
+        run(wh, tmp_path, extract(), "refresh")
+        write(tmp_path, "a", [(1, "3")], False)
+        write(tmp_path, "b", [(2, "4")], False)
+        write(tmp_path, "c", [(1, "5")], True)
+        write(tmp_path, "d", [(9, "9")], False)
+        threads.clear()
+        with wh.begin() as conn:
+            loaded = {p: f"items_{p}.csv" for p in PARTS}
+            files = {p: tmp_path / f"items_{p}.csv" for p in (*PARTS, "d")}
+            assert extract()._side_by_side(conn, files, loaded) == {"a", "b"}
+        outcome = run(wh, tmp_path, extract(), "refresh")
+        assert [name.startswith("items_csv") for name in threads] == [True, True, False, False]
+        assert outcome.results["items_csv"].inserted == 1
+        with wh.begin() as conn:
+            assert conn.execute(sa.text("SELECT p, id, n, note FROM items ORDER BY p, id")
+                                ).all() == [("a", "1", 3, None), ("b", "2", 4, None),
+                                            ("c", "1", 5, "z"), ("d", "9", 9, None)]
+
+
+def test_a_bad_file_beside_a_good_one_is_left_as_it_was(
+        tmp_path: Path, threads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that fails while another loads beside it fails alone: its rows stay as they
+    were, the other's load is kept, and the run ends failed naming the file and line."""
+    with two_warehouses() as (wh, _):
+        for part in PARTS:
+            write(tmp_path, part, [(1, "1"), (2, "2")], False)
+        run(wh, tmp_path, extract(), "refresh")
+        write(tmp_path, "a", [(1, "3")], False)
+        (tmp_path / "items_b.csv").write_text("id,n\n1,1\n2,2\x00\n3,3\n")
+        write(tmp_path, "c", [(1, "6"), (2, "2")], False)
+        outcome = run_sequence(wh, [extract()], params={"data_dir": str(tmp_path)})
+        assert outcome.status == "failed"
+        assert "items_b.csv" in (outcome.error or "") and "line 3" in (outcome.error or "")
+        assert all(name.startswith("items_csv") for name in threads[-3:])
+        with wh.begin() as conn:
+            assert conn.execute(sa.text("SELECT p, id, n FROM items ORDER BY p, id")).all() == [
+                ("a", "1", 3), ("b", "1", 1), ("b", "2", 2), ("c", "1", 6), ("c", "2", 2)]
+
+
+def test_progress_is_passed_on_from_the_task_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines read on the extract's threads reach the task's progress, on its own thread
+    (Celery reports a task's state from the task's thread only)."""
+    reported: list[tuple[str, int, bool]] = []
+    with two_warehouses() as (wh, _):
+        for part in PARTS:
+            write(tmp_path, part, [(i, "1") for i in range(1, 13)], False)
+        run(wh, tmp_path, extract(), "refresh")
+        for part in PARTS:
+            write(tmp_path, part, [(i, "2") for i in range(1, 13)], False)
+        monkeypatch.setattr(csv_extract, "PROGRESS_EVERY", 1)
+        main = threading.current_thread()
+
+        def progress(phase: str, done: int, total: int | None) -> None:
+            reported.append((phase, done, threading.current_thread() is main))
+
+        outcome = run_sequence(wh, [extract()], params={"data_dir": str(tmp_path)},
+                               progress=progress)
+        result = outcome.results["items_csv"]
+        assert result.updated == 36
+        assert reported and all(on_main for _, _, on_main in reported)
+        assert {(phase, done) for phase, done, _ in reported} == {
+            (f"items_csv:items_{p}.csv", 12) for p in PARTS}

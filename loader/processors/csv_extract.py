@@ -33,6 +33,7 @@ from loader.merge import MergeCounts, delete_hashes, upsert
 from loader.processors import csv_copy
 from loader.processors.base import Context, Result
 from loader.sources.csvfile import (
+    BOM,
     CsvFormatError,
     Record,
     iter_raw,
@@ -191,10 +192,11 @@ class CsvSnapshot:
         directory = Path(ctx.param(self.directory_param))
         files = self.files(directory)
         with ctx.warehouse.begin() as conn:
-            loaded: dict[str, str] = {
-                row.partition: row.source for row in conn.execute(
-                    sa.select(meta.sources.c.partition, meta.sources.c.source)
-                    .where(meta.sources.c.processor == self.name))}
+            recorded = conn.execute(
+                sa.select(meta.sources.c.partition, meta.sources.c.source,
+                          meta.sources.c.header)
+                .where(meta.sources.c.processor == self.name)).all()
+        loaded: dict[str, str] = {row.partition: row.source for row in recorded}
         missing = sorted(set(loaded) - set(files))
         if missing:
             names = ", ".join(str(loaded[m]) for m in missing)
@@ -202,7 +204,8 @@ class CsvSnapshot:
                               f"{'these' if len(missing) > 1 else 'this'} {self.partition} was "
                               "changed. Restore the file, or remove its rows deliberately.")
         with ctx.warehouse.begin() as conn:
-            together = self._side_by_side(conn, files, loaded)
+            together = self._side_by_side(
+                conn, files, {row.partition: (row.source, row.header) for row in recorded})
         # In file order, as one by one: a file that changes the table loads alone, after
         # the files before it and before those after it, which see its change.
         outcomes: dict[str, _Outcome] = {}
@@ -232,12 +235,12 @@ class CsvSnapshot:
         return result
 
     def _side_by_side(self, conn: Connection, files: dict[str, Path],
-                      loaded: dict[str, str]) -> set[str]:
+                      loaded: dict[str, tuple[str, str | None]]) -> set[str]:
         """The partitions whose files may load side by side, each on its own connection.
 
         Only reloads on PostgreSQL that change nothing of the table: the partition has
-        rows and was loaded from the same file name, the table has every column the
-        header names and every index. A first load or a new column changes the table
+        rows and was last loaded from the same file name with the same header, whose
+        columns that load added. A first load or a new header may change the table
         (defaults, indexes, columns, the view): such a file loads alone, in its place.
         """
         if conn.dialect.name != "postgresql" or len(files) < 2:
@@ -250,20 +253,10 @@ class CsvSnapshot:
         t = table.table
         together = set()
         for value, path in files.items():
-            if loaded.get(value) != path.name or conn.execute(sa.select(sa.literal(1)).where(
-                    t.c[self.partition] == value).limit(1)).first() is None:
-                continue
-            try:
-                with closing(iter_raw(path)) as records:
-                    first = next(records, None)
-                if first is None:
-                    continue
-                _, extras = self._columns(conn, path, Record(first[0], first[1],
-                                                             split_fields(first[1])))
-            except (SourceError, CsvFormatError, OSError):
-                continue  # its load reports the error, alone
-            wanted = self.definition().with_columns([Col(c, "text") for c in extras])
-            if table.with_columns(wanted.columns) is table:
+            source, header = loaded.get(value, (None, None))
+            if source == path.name and header is not None and _starts_with(path, header) \
+                    and conn.execute(sa.select(sa.literal(1)).where(
+                        t.c[self.partition] == value).limit(1)).first() is not None:
                 together.add(value)
         return together if len(together) > 1 else set()
 
@@ -745,6 +738,22 @@ def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:
     return sa.Table(t.name, sa.MetaData(),
                     *(sa.Column(n, t.c[n].type) for n in [*names, ROW_HASH]),
                     *(sa.Column(n, sa.Text()) for n in stamps))
+
+
+def _starts_with(path: Path, header: str) -> bool:
+    """Whether the file's first line is ``header`` (after a byte order mark, if any).
+
+    Reads only as many bytes; a file that cannot be read is not, and its load says why.
+    """
+    wanted = header.encode()
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(len(BOM) + len(wanted) + 2)
+    except OSError:
+        return False
+    data = data.removeprefix(BOM)
+    rest = data[len(wanted):]
+    return data.startswith(wanted) and rest.startswith((b"\n", b"\r\n"))
 
 
 def _parse(fields: list[str],

@@ -38,7 +38,7 @@ __all__ = [
     "validate_identifier",
 ]
 
-_BOM = b"\xef\xbb\xbf"
+BOM = b"\xef\xbb\xbf"
 
 
 class CsvFormatError(ValueError):
@@ -154,8 +154,8 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     follows the final line feed (possibly nothing). A byte order mark is dropped.
     """
     with path.open("rb") as stream:
-        carry = stream.read(len(_BOM))
-        if carry == _BOM:
+        carry = stream.read(len(BOM))
+        if carry == BOM:
             carry = b""
         before = 0
         while True:

@@ -189,7 +189,7 @@ def test_a_new_column_and_a_first_load_go_alone(tmp_path: Path, threads: list[st
         write(tmp_path, "d", [(9, "9")], False)
         threads.clear()
         with wh.begin() as conn:
-            loaded = {p: f"items_{p}.csv" for p in PARTS}
+            loaded = {p: (f"items_{p}.csv", "id,n") for p in PARTS}
             files = {p: tmp_path / f"items_{p}.csv" for p in (*PARTS, "d")}
             assert extract()._side_by_side(conn, files, loaded) == {"a", "b"}
         outcome = run(wh, tmp_path, extract(), "refresh")
@@ -245,3 +245,21 @@ def test_progress_is_passed_on_from_the_task_thread(
         assert reported and all(on_main for _, _, on_main in reported)
         assert {(phase, done) for phase, done, _ in reported} == {
             (f"items_csv:items_{p}.csv", 12) for p in PARTS}
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"id,n\n1,2\n", True),
+    (b"id,n\r\n1,2\r\n", True),
+    (b"\xef\xbb\xbfid,n\n1,2\n", True),
+    (b"id,n,note\n1,2,z\n", False),  # a column more
+    (b"n,id\n2,1\n", False),
+    (b"\nid,n\n1,2\n", False),  # a blank line first: read as a changed header
+    (b"id,n", False),  # no line end yet
+    (b"", False),
+])
+def test_a_file_keeps_its_header_only_when_its_first_line_is_the_recorded_one(
+        tmp_path: Path, content: bytes, expected: bool) -> None:
+    path = tmp_path / "items_a.csv"
+    path.write_bytes(content)
+    assert csv_extract._starts_with(path, "id,n") is expected
+    assert csv_extract._starts_with(tmp_path / "missing.csv", "id,n") is False

@@ -114,10 +114,10 @@ def _rate(c: Mapping[str, Any]) -> Any:
     return sa.case((c["currency"] == "AUD", sa.literal(1)), else_=c["fx.rate_to_aud"])
 
 
-# One derive gives every derived column, so a full run rewrites each row once. The fx
-# lookup joins on sold_on, computed in SQL on both dialects. The rest is SQL on
-# PostgreSQL, where half-even rounding is exact on NUMERIC; SQLite stores decimals as
-# REAL, so there it is Python, with Decimal.
+# One derive gives every derived column, so a full run rewrites each row once, in SQL:
+# half-even rounding is exact on PostgreSQL's NUMERIC, and on SQLite, which stores
+# decimals as REAL, round_half_even multiplies exactly through the warehouse's decimal
+# functions. ``derived`` gives the same values in Python, for other databases.
 sales_derived = Derive(
     name="sales_derived", table="sales",
     inputs=("sold_at", "quantity", "unit_price", "currency", "customer_id", "sku"),
@@ -134,7 +134,7 @@ sales_derived = Derive(
          "amount_aud": lambda c: round_half_even(c["amount"] * _rate(c), 2),
          "customer_segment": lambda c: c["customer.segment"],
          "category": lambda c: c["product.category"]},
-    sql_dialects=("postgresql",),
+    sql_dialects=("postgresql", "sqlite"),
 )
 
 # --- load: reports and data quality ----------------------------------------------------

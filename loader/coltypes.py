@@ -11,15 +11,23 @@ scaled integers on SQLite so that a total is exact there too.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    ExpressionClauseList,
+    Grouping,
+    TypeCoerce,
+)
 from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import TypeDecorator
 
@@ -182,8 +190,11 @@ class round_half_even(GenericFunction[Decimal]):
     """``value`` rounded half-even (banker's rounding) to ``places`` decimal places.
 
     Exact on PostgreSQL's NUMERIC, whose own ``round`` rounds half away from zero: a
-    value exactly half-way between two steps goes to the even one. Other dialects have
-    no exact decimals and do not compile it.
+    value exactly half-way between two steps goes to the even one. On SQLite, whose
+    decimals are REAL, the ``+``, ``-`` and ``*`` of ``value`` (those outside any
+    function or CASE) are computed exactly by functions the warehouse's connections
+    register (see :func:`register_sqlite_functions`), from each operand's shortest
+    round-trip form, as Python reads it. Other dialects do not compile it.
     """
 
     name = "round_half_even"
@@ -196,7 +207,7 @@ class round_half_even(GenericFunction[Decimal]):
 
 @compiles(round_half_even)
 def _round_half_even_default(element: round_half_even, compiler: Any, **kw: Any) -> str:
-    raise CompileError(f"round_half_even is exact only on PostgreSQL, not on "
+    raise CompileError(f"round_half_even is exact only on PostgreSQL and SQLite, not on "
                        f"{compiler.dialect.name}")
 
 
@@ -208,6 +219,79 @@ def _round_half_even_postgresql(element: round_half_even, compiler: Any, **kw: A
     return (f"(CASE WHEN abs({scaled} - trunc({scaled})) = 0.5"
             f" THEN 2 * round({scaled} / 2) / {step}"
             f" ELSE round({value}, {element.places}) END)")
+
+
+@compiles(round_half_even, "sqlite")
+def _round_half_even_sqlite(element: round_half_even, compiler: Any, **kw: Any) -> str:
+    (value,) = element.clauses.clauses
+    operands: list[str] = []
+    program = _exact_program(value, operands, compiler, **kw)
+    return f"loader_round_half_even({element.places}, '{program}', {', '.join(operands)})"
+
+
+_EXACT_OPERATIONS: dict[Any, tuple[str, Callable[[Decimal, Decimal], Decimal]]] = {
+    operators.mul: ("*", operator.mul),
+    operators.add: ("+", operator.add),
+    operators.sub: ("-", operator.sub),
+}
+_BY_SYMBOL = dict(_EXACT_OPERATIONS.values())
+
+
+def _exact_program(expression: Any, operands: list[str], compiler: Any, **kw: Any) -> str:
+    """The ``+``, ``-`` and ``*`` at the top of ``expression`` as a postfix program
+    (``v`` takes the next of ``operands``, whose SQL this appends), for SQLite's
+    ``loader_round_half_even`` to compute with decimals."""
+    inner = expression
+    while isinstance(inner, (Grouping, TypeCoerce)):
+        inner = inner.element if isinstance(inner, Grouping) else inner.clause
+    if isinstance(inner, BinaryExpression):
+        parts = [inner.left, inner.right]
+    elif isinstance(inner, ExpressionClauseList):  # a chain: a * b * c
+        parts = list(inner.clauses)
+    else:
+        parts = []
+    if parts and inner.operator in _EXACT_OPERATIONS:
+        symbol = _EXACT_OPERATIONS[inner.operator][0]
+        program = _exact_program(parts[0], operands, compiler, **kw)
+        for part in parts[1:]:
+            program += _exact_program(part, operands, compiler, **kw) + symbol
+        return program
+    operands.append(str(compiler.process(expression, **kw)))
+    return "v"
+
+
+def _sqlite_decimal(value: Any) -> Decimal | None:
+    """A SQLite value as the Decimal Python reads: REAL by its shortest round-trip form,
+    INTEGER and TEXT as written."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(value if isinstance(value, int) else str(value))
+
+
+def _round_half_even_value(places: int, program: str, *operands: Any) -> float | None:
+    """Run ``program`` over ``operands`` with decimals; round the result half-even to
+    ``places``. NULL when an operand is."""
+    stack: list[Decimal] = []
+    taken = iter(operands)
+    for step in program:
+        if step == "v":
+            value = _sqlite_decimal(next(taken))
+            if value is None:
+                return None
+            stack.append(value)
+        else:
+            right = stack.pop()
+            stack.append(_BY_SYMBOL[step](stack.pop(), right))
+    (result,) = stack
+    return float(result.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN))
+
+
+def register_sqlite_functions(dbapi_connection: Any) -> None:
+    """Give a SQLite connection the function that ``round_half_even`` compiles to."""
+    dbapi_connection.create_function("loader_round_half_even", -1, _round_half_even_value,
+                                     deterministic=True)
 
 
 class iso_date(GenericFunction[str]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -11,8 +12,8 @@ from conftest import pg_schema_url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader import Derive, cols
-from loader.coltypes import round_half_even
+from loader import Derive, Warehouse, cols
+from loader.coltypes import Fixed, round_half_even
 from loader.errors import ConfigError
 
 
@@ -44,10 +45,58 @@ def test_round_half_even_matches_decimal(pg: sa.Connection, value: Decimal,
     assert got == expected
 
 
+@pytest.fixture(scope="module")
+def sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Connection]:
+    """A connection of a SQLite warehouse, which has the exact decimal functions."""
+    wh = Warehouse(f"sqlite:///{tmp_path_factory.mktemp('wh') / 'w.db'}")
+    with wh.engine.connect() as conn:
+        yield conn
+    wh.dispose()
+
+
+def _real(value: Decimal) -> Any:
+    """A decimal as SQLite holds it: REAL (a literal of the warehouse's decimal type)."""
+    return sa.literal(value, Fixed())
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(quantity=st.integers(-1000, 1000),
+       price=st.decimals(min_value=-10**5, max_value=10**5, places=4, allow_nan=False),
+       rate=st.one_of(st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False),
+                      st.sampled_from([Decimal(1), Decimal("0.5"), Decimal("1.25")])),
+       tie=st.integers(-10**7, 10**7))
+def test_round_half_even_is_exact_on_sqlite(sqlite: sa.Connection, quantity: int,
+                                            price: Decimal, rate: Decimal, tie: int) -> None:
+    """On SQLite, where decimals are REAL, products, sums and differences of decimals
+    round half-even to the cent exactly as Python's Decimal does, ties included, which
+    floating point arithmetic gets wrong (2.675 * 1 is 2.67499999... as a double)."""
+    half = Decimal(tie) / 100 + Decimal("0.005")  # x.xx5: a tie at the cent
+    cases = [
+        (sa.literal(quantity) * _real(price) * _real(rate), quantity * price * rate),
+        (_real(half) * _real(Decimal(1)), half),
+        (_real(half) + _real(price) - _real(price), half + price - price),
+        ((_real(price) - _real(half)) * _real(rate), (price - half) * rate),
+    ]
+    for expression, exact in cases:
+        got = sqlite.execute(sa.select(round_half_even(expression, 2))).scalar_one()
+        assert got == exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+
+def test_round_half_even_on_sqlite_keeps_nulls(sqlite: sa.Connection) -> None:
+    null = sa.null()
+    assert sqlite.execute(sa.select(round_half_even(
+        _real(Decimal("1.5")) * null, 2))).scalar_one() is None
+    assert sqlite.execute(sa.select(round_half_even(null, 2))).scalar_one() is None
+
+
 def test_round_half_even_does_not_compile_where_it_would_be_inexact() -> None:
-    engine = sa.create_engine("sqlite://")
-    with engine.connect() as conn, pytest.raises(sa.exc.CompileError, match="PostgreSQL"):
-        conn.execute(sa.select(round_half_even(sa.literal(Decimal("1.005")), 2)))
+    """Neither PostgreSQL nor a SQLite warehouse: no exact decimals, no compiling."""
+    from sqlalchemy.dialects import mysql
+
+    with pytest.raises(sa.exc.CompileError, match="PostgreSQL and SQLite"):
+        sa.select(round_half_even(sa.literal(Decimal("1.005")), 2)).compile(
+            dialect=mysql.dialect())
 
 
 def test_sql_dialects_needs_both_ways_of_computing() -> None:

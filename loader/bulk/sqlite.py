@@ -46,3 +46,29 @@ def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any
             cursor.executemany(sql, batch)
     finally:
         cursor.close()
+
+
+@contextmanager
+def indexes_built_after(conn: Connection, table: str, columns: Sequence[str]) -> Iterator[None]:
+    """Drop ``table``'s indexes over any of ``columns`` for the block, then build them
+    again, in the caller's transaction.
+
+    SQLite updates an index for every row an UPDATE writes when the index holds a column
+    it sets; sorting the table into a new index once is faster when most rows change.
+    Indexes that back a key (which SQLite makes itself) stay.
+    """
+    preparer = conn.dialect.identifier_preparer
+    wanted = {c.lower() for c in columns}
+    dropped = []
+    for name, sql in conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL ORDER BY name", (table,)).all():
+        covered = [row[2] for row in conn.exec_driver_sql(
+            f"PRAGMA index_info({preparer.quote(name)})").all()]
+        # An expression (no column name) may use any column.
+        if any(c is None or c.lower() in wanted for c in covered):
+            conn.exec_driver_sql(f"DROP INDEX {preparer.quote(name)}")
+            dropped.append(sql)
+    yield
+    for sql in dropped:
+        conn.exec_driver_sql(sql)

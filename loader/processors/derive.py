@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from loader import bulk
 from loader.bulk import postgresql as pg_bulk
+from loader.bulk import sqlite as sqlite_bulk
 from loader.coltypes import converter, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import upsert
@@ -29,6 +30,7 @@ from loader.state import consume_from, consumed
 from loader.tracking import (
     CHANGED_AT,
     DELETED_AT,
+    LIVE_SINCE,
     Col,
     TrackedTable,
     create_view,
@@ -205,6 +207,14 @@ class Derive:
                     # Most rows get new versions: building each index once afterwards
                     # is cheaper than adding every new version to every index.
                     rebuild = pg_bulk.drop_indexes(conn, table.physical)
+                elif conn.dialect.name == "sqlite" and staged >= REWRITE_AT_LEAST and \
+                        staged >= REWRITE_SHARE * _row_count(conn, table):
+                    # The same on SQLite, for the indexes the update writes to (those
+                    # over an output or a stamp), built again before the commit.
+                    written = [*names, *(stamp(c) for c in table.column_names),
+                               CHANGED_AT, LIVE_SINCE, DELETED_AT]
+                    stack.enter_context(sqlite_bulk.indexes_built_after(
+                        conn, table.physical, written))
                 counts = upsert(conn, table, out, names, ctx.run_ts, insert=False)
                 result.updated = counts.updated
                 result.count_changes(table.name, counts.changes)
@@ -337,8 +347,12 @@ class Derive:
             t.c[DELETED_AT].is_(None),
             sa.or_(*(t.c[c.name].is_distinct_from(computed[c.name]) for c in self.outputs)))
         staged = bulk.insert_from(rows.conn, out, query)
+        # Each lookup joins a row to at most one partner (by the partner's key): the rows
+        # read are counted without them.
+        read = t if keys is None else t.join(keys, sa.and_(
+            *(t.c[k] == keys.c[k] for k in rows.table.key_names)))
         result.rows_read = rows.conn.execute(
-            sa.select(sa.func.count()).select_from(source).where(t.c[DELETED_AT].is_(None))
+            sa.select(sa.func.count()).select_from(read).where(t.c[DELETED_AT].is_(None))
         ).scalar_one()
         return staged
 
@@ -363,6 +377,11 @@ class Derive:
             result.rows_read += len(page)
             ctx.progress(self.name, result.rows_read, None)
         return staged
+
+
+def _row_count(conn: Connection, table: TrackedTable) -> int:
+    """How many rows ``table`` holds, live or not."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(table.table)).scalar_one())
 
 
 def _new(position: int) -> str:

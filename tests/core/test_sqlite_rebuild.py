@@ -1,0 +1,139 @@
+"""A derive on SQLite that updates most rows of a big table drops the indexes the update
+writes to, and builds them again before the commit; and its SQL rounds half-even exactly.
+
+The thresholds are lowered so that small tables take that path. A second warehouse keeps
+them out of reach and keeps its indexes while updating; after every run both must hold
+the same rows, every stamp included, report the same counts, and keep the same indexes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import warehouse_on
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from loader import Warehouse
+from loader.bulk import sqlite as sqlite_bulk
+from loader.processors import derive as derive_module
+
+from .test_swap import events_st, rates_st, run, write
+
+
+@contextlib.contextmanager
+def thresholds(monkeypatch: pytest.MonkeyPatch, rebuild: bool) -> Iterator[list[str]]:
+    """Thresholds that send every update of a derive to the index rebuild (or none), and
+    the indexes it dropped, by name."""
+    dropped: list[str] = []
+    original = sqlite_bulk.indexes_built_after
+
+    @contextlib.contextmanager
+    def spy(conn: Any, table: str, columns: Any) -> Iterator[None]:
+        before = indexes_of(conn)
+        with original(conn, table, columns):
+            dropped.extend(sorted(set(before) - set(indexes_of(conn))))
+            yield
+
+    with monkeypatch.context() as patch:
+        patch.setattr(derive_module, "REWRITE_AT_LEAST", 1 if rebuild else 10**12)
+        patch.setattr(derive_module, "REWRITE_SHARE", 0.0)
+        patch.setattr(sqlite_bulk, "indexes_built_after", spy)
+        yield dropped
+
+
+def indexes_of(conn: Any) -> dict[str, str]:
+    return dict(conn.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+        "AND tbl_name = 'events_tracked' AND sql IS NOT NULL").all())
+
+
+def indexes(wh: Warehouse) -> dict[str, str]:
+    with wh.begin() as conn:
+        return indexes_of(conn)
+
+
+def rows(wh: Warehouse) -> list[tuple[Any, ...]]:
+    """Every row of the physical table, stamps as the ordinal of the run that wrote them."""
+    with wh.begin() as conn:
+        ordinal = {str(ts): n for n, ts in enumerate(conn.exec_driver_sql(
+            "SELECT run_ts FROM loader_runs ORDER BY run_id").scalars())}
+        found = conn.execute(sa.text("SELECT * FROM events_tracked ORDER BY part, id"))
+        names = list(found.keys())
+        return [tuple((name, ordinal.get(str(v), v) if name.startswith("_") else v)
+                      for name, v in zip(names, row, strict=True)) for row in found]
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(first=({("x", "a"): ("2026-01-01T01:30:00Z", 2, "1.25"),
+                 ("y", "b"): ("2026-01-02T23:30:00Z", 3, "3.00")},
+                {("x", "2026-01-01"): "1.10"}),
+         edits=[(None, {("x", "2026-01-01"): "1.33", ("y", "2026-01-02"): "0.50"})],
+         modes=["full", "refresh", "full"])
+@given(first=st.tuples(events_st, rates_st),
+       edits=st.lists(st.tuples(st.none() | events_st, st.none() | rates_st), min_size=1,
+                      max_size=2),
+       modes=st.lists(st.sampled_from(["full", "refresh"]), min_size=3, max_size=3))
+def test_rebuilding_the_indexes_gives_what_updating_them_gives(
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+        first: tuple[dict[Any, Any], dict[Any, Any]],
+        edits: list[tuple[dict[Any, Any] | None, dict[Any, Any] | None]],
+        modes: list[str]) -> None:
+    """Each edit replaces the events, the rates, or both (None keeps them); the derive
+    rounds ``qty * price * rate`` half-even in SQL."""
+    tmp = tmp_path_factory.mktemp("rebuild")
+    data = tmp / "data"
+    data.mkdir()
+    states = [first]
+    for events, rates in edits:
+        states.append((states[-1][0] if events is None else events,
+                       states[-1][1] if rates is None else rates))
+    with warehouse_on("sqlite", tmp / "kept.db") as kept, \
+            warehouse_on("sqlite", tmp / "rebuilt.db") as rebuilt:
+        for n, (events, rates) in enumerate(states):
+            write(data, events, rates)
+            mode = "full" if n == 0 else modes[n]
+            with thresholds(monkeypatch, rebuild=False) as none:
+                expected = run(kept, data, mode)
+            assert none == []
+            with thresholds(monkeypatch, rebuild=True) as dropped:
+                got = run(rebuilt, data, mode)
+            assert got == expected, n
+            assert rows(rebuilt) == rows(kept), n
+            if expected["updated"]:
+                # _changed_at is a stamp, and (part, day), once the lookup has built
+                # it, holds the output day; no other index is dropped.
+                assert "ix_events_changed" in dropped, n
+                assert set(dropped) <= {"ix_events__part_day", "ix_events_changed"}, n
+            else:
+                assert dropped == [], n
+            assert indexes(rebuilt) == indexes(kept), n
+
+
+def test_the_indexes_dropped_are_those_over_the_columns_written(tmp_path: Path) -> None:
+    with warehouse_on("sqlite", tmp_path / "w.db") as wh, wh.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, a TEXT, b TEXT, c TEXT)")
+        conn.exec_driver_sql("CREATE INDEX t_a ON t (a)")
+        conn.exec_driver_sql("CREATE INDEX t_bc ON t (c, b)")
+        conn.exec_driver_sql("CREATE INDEX t_upper ON t (upper(c))")
+        conn.exec_driver_sql("CREATE INDEX t_k ON t (k)")
+
+        def names() -> list[str]:
+            return sorted(conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 't' "
+                "AND sql IS NOT NULL").scalars())
+
+        with sqlite_bulk.indexes_built_after(conn, "t", ["B"]):
+            # (c, b) holds b; an expression may hold anything.
+            assert names() == ["t_a", "t_k"]
+            conn.exec_driver_sql("INSERT INTO t VALUES ('1', 'x', 'y', 'z')")
+        assert names() == ["t_a", "t_bc", "t_k", "t_upper"]
+        plan = " ".join(str(r) for r in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT * FROM t WHERE c = 'z' AND b = 'y'").all())
+        assert "t_bc" in plan

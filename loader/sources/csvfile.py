@@ -22,6 +22,7 @@ from dateutil.parser import isoparse
 from loader.coltypes import places_of
 
 __all__ = [
+    "BOM",
     "CopyText",
     "CsvFormatError",
     "Record",

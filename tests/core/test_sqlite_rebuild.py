@@ -23,7 +23,7 @@ from loader import Warehouse
 from loader.bulk import sqlite as sqlite_bulk
 from loader.processors import derive as derive_module
 
-from .test_swap import events_st, rates_st, run, write
+from .test_swap import events_st, rates_st, run, states_of, write
 
 
 @contextlib.contextmanager
@@ -86,17 +86,13 @@ def test_rebuilding_the_indexes_gives_what_updating_them_gives(
         edits: list[tuple[dict[Any, Any] | None, dict[Any, Any] | None]],
         modes: list[str]) -> None:
     """Each edit replaces the events, the rates, or both (None keeps them); the derive
-    rounds ``qty * price * rate`` half-even in SQL."""
+    rounds ``total * rate`` half-even in SQL."""
     tmp = tmp_path_factory.mktemp("rebuild")
     data = tmp / "data"
     data.mkdir()
-    states = [first]
-    for events, rates in edits:
-        states.append((states[-1][0] if events is None else events,
-                       states[-1][1] if rates is None else rates))
     with warehouse_on("sqlite", tmp / "kept.db") as kept, \
             warehouse_on("sqlite", tmp / "rebuilt.db") as rebuilt:
-        for n, (events, rates) in enumerate(states):
+        for n, (events, rates) in enumerate(states_of(first, edits)):
             write(data, events, rates)
             mode = "full" if n == 0 else modes[n]
             with thresholds(monkeypatch, rebuild=False) as none:

@@ -123,6 +123,17 @@ rates_st = st.dictionaries(st.tuples(st.sampled_from(PARTS), st.sampled_from(DAY
                            st.sampled_from(["0.50", "1.10", "1.33"]), max_size=6)
 
 
+def states_of(first: tuple[dict[Any, Any], dict[Any, Any]],
+              edits: list[tuple[dict[Any, Any] | None, dict[Any, Any] | None]]
+              ) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
+    """The events and rates at first and after each edit (None keeps them)."""
+    states = [first]
+    for events, rates in edits:
+        states.append((states[-1][0] if events is None else events,
+                       states[-1][1] if rates is None else rates))
+    return states
+
+
 @settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @example(first=({("x", "a"): ("2026-01-01T01:30:00Z", 2, "1.25"),
@@ -144,12 +155,8 @@ def test_the_swap_gives_what_updating_in_place_gives(
     tmp = tmp_path_factory.mktemp("swap")
     data = tmp / "data"
     data.mkdir()
-    states = [first]
-    for events, rates in edits:
-        states.append((states[-1][0] if events is None else events,
-                       states[-1][1] if rates is None else rates))
     with warehouse_on("postgresql", tmp) as in_place, warehouse_on("postgresql", tmp) as swap:
-        for n, (events, rates) in enumerate(states):
+        for n, (events, rates) in enumerate(states_of(first, edits)):
             write(data, events, rates)
             mode = "full" if n == 0 else modes[n]
             with paths(monkeypatch, swap=False) as none:

@@ -127,6 +127,11 @@ class Aggregate:
                                               self.version)
         return result
 
+    def _counted(self, s: sa.Table) -> sa.ColumnElement[bool]:
+        """Whether a row of the source table ``s`` counts: live, and not NULL where
+        ``not_null`` says."""
+        return sa.and_(s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+
     def _members(self, conn: Connection, source: TrackedTable) -> sa.Table:
         """Which group each source row counts in, to find the groups a change leaves."""
         table = sa.Table(
@@ -158,9 +163,7 @@ class Aggregate:
             if m.default is not None:
                 value = sa.func.coalesce(value, sa.literal(m.default, sql_type(m.type)))
             measures.append(value.label(m.name))
-        query = sa.select(*group_cols, *measures).where(
-            s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null)
-        ).group_by(*group_cols)
+        query = sa.select(*group_cols, *measures).where(self._counted(s)).group_by(*group_cols)
         if groups is not None:
             # A join, not EXISTS: the few touched groups drive lookups in the index.
             match = sa.and_(*(
@@ -202,9 +205,8 @@ class Aggregate:
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(out)).scalar_one())
         s = source.table
-        result.rows_read = conn.execute(sa.select(sa.func.count()).where(
-            s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
-        ).scalar_one()
+        result.rows_read = conn.execute(
+            sa.select(sa.func.count()).where(self._counted(s))).scalar_one()
         self._sync_members(conn, source, members)
         bulk.analyze(conn, members)
 
@@ -263,7 +265,7 @@ class Aggregate:
         moves = stack.enter_context(bulk.stage(
             conn, f"{self.name}_moves", columns, key=[f"k{i}" for i in range(len(keys))]))
         m = members
-        counted = sa.and_(s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+        counted = self._counted(s)
         was = m.c[keys[0]].is_not(None)
         moved = sa.and_(counted, was, sa.or_(*(
             m.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
@@ -307,8 +309,7 @@ class Aggregate:
                 self._insert_members(conn, source, members)
             return
         s = source.table
-        counted = sa.and_(s.c[DELETED_AT].is_(None),
-                          *(s.c[c].is_not(None) for c in self.not_null))
+        counted = self._counted(s)
         same_row = key_match(source, members, s, conn.dialect.name)
         conn.execute(members.delete().where(~sa.exists().where(same_row, counted)))
         conn.execute(sa.update(members).where(same_row, counted, sa.or_(*(
@@ -324,8 +325,7 @@ class Aggregate:
                         members: sa.Table) -> None:
         s = source.table
         query = sa.select(*(s.c[k] for k in source.key_names),
-                          *(s.c[c] for c in self.group_by)).where(
-            s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
+                          *(s.c[c] for c in self.group_by)).where(self._counted(s))
         conn.execute(sa.insert(members).from_select(
             [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
 

@@ -59,15 +59,23 @@ def writer(conn: Connection, table: sa.Table) -> Iterator[Put]:
 
 
 def analyze(conn: Connection, table: sa.Table | str) -> None:
-    """Refresh the planner's statistics of ``table`` (PostgreSQL only).
+    """Refresh the planner's statistics of ``table``.
 
-    Temporary tables are never analysed automatically, and a tracked table
-    that just received many rows has stale statistics until autovacuum
-    catches up: without this the planner picks plans made for empty tables.
+    On PostgreSQL: temporary tables are never analysed automatically, and a tracked
+    table that just received many rows has stale statistics until autovacuum catches
+    up; without this the planner picks plans made for empty tables. On SQLite, only
+    temporary (stage) tables: without statistics SQLite takes a stage of ten thousand
+    rows for as big as the table it is joined to, and may scan that table to look the
+    stage up, instead of the other way round.
     """
+    name = table if isinstance(table, str) else table.name
+    quoted = conn.dialect.identifier_preparer.quote(name)
     if conn.dialect.name == "postgresql":
-        name = table if isinstance(table, str) else table.name
-        conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(name)}")
+        conn.exec_driver_sql(f"ANALYZE {quoted}")
+    elif conn.dialect.name == "sqlite" and conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_temp_master WHERE type = 'table' AND name = ?",
+            (name,)).first() is not None:
+        conn.exec_driver_sql(f"ANALYZE temp.{quoted}")
 
 
 def load(conn: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> int:

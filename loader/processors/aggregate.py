@@ -288,8 +288,10 @@ class Aggregate:
         keys = list(source.key_names)
         m = members
         same = sa.and_(*(m.c[k] == moves.c[f"k{i}"] for i, k in enumerate(keys)))
-        conn.execute(m.delete().where(sa.exists().where(
-            same, moves.c.was, sa.not_(moves.c.now))))
+        # IN, not EXISTS: SQLite then looks the few rows up by key instead of scanning.
+        conn.execute(m.delete().where(sa.tuple_(*(m.c[k] for k in keys)).in_(
+            sa.select(*(moves.c[f"k{i}"] for i in range(len(keys))))
+            .where(moves.c.was, sa.not_(moves.c.now)))))
         conn.execute(sa.update(m).where(same, moves.c.moved).values(
             {f"g_{c}": moves.c[f"n{i}"] for i, c in enumerate(self.group_by)}))
         conn.execute(sa.insert(m).from_select(

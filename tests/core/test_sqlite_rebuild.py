@@ -1,5 +1,6 @@
 """A derive on SQLite that updates most rows of a big table drops the indexes the update
 writes to, and builds them again before the commit; and its SQL rounds half-even exactly.
+A stage analysed on SQLite drives the join to the table it is matched with.
 
 The thresholds are lowered so that small tables take that path. A second warehouse keeps
 them out of reach and keeps its indexes while updating; after every run both must hold
@@ -133,3 +134,28 @@ def test_the_indexes_dropped_are_those_over_the_columns_written(tmp_path: Path) 
         plan = " ".join(str(r) for r in conn.exec_driver_sql(
             "EXPLAIN QUERY PLAN SELECT * FROM t WHERE c = 'z' AND b = 'y'").all())
         assert "t_bc" in plan
+
+
+def test_a_stage_analysed_on_sqlite_drives_the_join(tmp_path: Path) -> None:
+    """A SQLite stage gets statistics, so that its few rows look the big table up by
+    index, rather than the big table being scanned to look the stage up; the tables of
+    the warehouse itself are left to SQLite."""
+    from loader import bulk
+
+    with warehouse_on("sqlite", tmp_path / "w.db") as wh, wh.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE big (k INTEGER PRIMARY KEY, g TEXT, v INTEGER)")
+        conn.exec_driver_sql("CREATE INDEX big_g ON big (g)")
+        conn.exec_driver_sql("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n "
+                             "WHERE x < 20000) INSERT INTO big (g, v) "
+                             "SELECT 'g' || (x % 5000), x FROM n")
+        with bulk.stage(conn, "touched", [("g", sa.Text())], key=["g"]) as stage:
+            conn.execute(sa.insert(stage), [{"g": f"g{i}"} for i in range(10)])
+            bulk.analyze(conn, stage)
+            plan = [row[3] for row in conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN SELECT big.g, sum(v) FROM big JOIN {stage.name} AS t "
+                "ON big.g = t.g GROUP BY big.g").all()]
+            assert plan[0].startswith("SCAN t"), plan
+            assert any(step.startswith("SEARCH big USING INDEX big_g") for step in plan), plan
+        bulk.analyze(conn, "big")
+        assert conn.exec_driver_sql(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").scalar() == 0

@@ -134,10 +134,7 @@ class RowSet:
         for name, expression in self.computed.items():
             values[name + STORED] = t.c[name]
             values[name] = expression(values)
-        source: sa.FromClause = t
-        if keys is not None:
-            source = source.join(keys, sa.and_(*(t.c[k] == keys.c[k]
-                                                 for k in self.table.key_names)))
+        source = self.keyed(keys)
         for lookup, partner in self.lookups:
             p = partner.table.alias(f"p_{lookup.name}")
             source = source.outerjoin(
@@ -147,6 +144,13 @@ class RowSet:
             for column in lookup.columns:
                 values[f"{lookup.name}.{column}"] = p.c[column]
         return values, source
+
+    def keyed(self, keys: sa.Table | None) -> sa.FromClause:
+        """The table, joined to ``keys`` (a stage of keys) when given: its rows to read."""
+        t = self.table.table
+        if keys is None:
+            return t
+        return t.join(keys, sa.and_(*(t.c[k] == keys.c[k] for k in self.table.key_names)))
 
     def _row_query(self, keys: sa.Table | None) -> tuple[sa.Select[Any], list[str]]:
         values, source = self.columns_and_source(keys)

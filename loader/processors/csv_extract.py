@@ -192,20 +192,19 @@ class CsvSnapshot:
         directory = Path(ctx.param(self.directory_param))
         files = self.files(directory)
         with ctx.warehouse.begin() as conn:
-            recorded = conn.execute(
+            loaded = {row.partition: row for row in conn.execute(
                 sa.select(meta.sources.c.partition, meta.sources.c.source,
                           meta.sources.c.header)
-                .where(meta.sources.c.processor == self.name)).all()
-        loaded: dict[str, str] = {row.partition: row.source for row in recorded}
+                .where(meta.sources.c.processor == self.name))}
         missing = sorted(set(loaded) - set(files))
         if missing:
-            names = ", ".join(str(loaded[m]) for m in missing)
+            names = ", ".join(str(loaded[m].source) for m in missing)
             raise SourceError(names, f"loaded before but missing from {directory}; nothing of "
                               f"{'these' if len(missing) > 1 else 'this'} {self.partition} was "
                               "changed. Restore the file, or remove its rows deliberately.")
         with ctx.warehouse.begin() as conn:
             together = self._side_by_side(
-                conn, files, {row.partition: (row.source, row.header) for row in recorded})
+                conn, files, {value: (row.source, row.header) for value, row in loaded.items()})
         # In file order, as one by one: a file that changes the table loads alone, after
         # the files before it and before those after it, which see its change.
         outcomes: dict[str, _Outcome] = {}

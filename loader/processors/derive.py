@@ -349,10 +349,9 @@ class Derive:
         staged = bulk.insert_from(rows.conn, out, query)
         # Each lookup joins a row to at most one partner (by the partner's key): the rows
         # read are counted without them.
-        read = t if keys is None else t.join(keys, sa.and_(
-            *(t.c[k] == keys.c[k] for k in rows.table.key_names)))
         result.rows_read = rows.conn.execute(
-            sa.select(sa.func.count()).select_from(read).where(t.c[DELETED_AT].is_(None))
+            sa.select(sa.func.count()).select_from(rows.keyed(keys))
+            .where(t.c[DELETED_AT].is_(None))
         ).scalar_one()
         return staged
 

@@ -6,7 +6,7 @@ REAL, timestamps to ISO text), exactly as SQLAlchemy would store them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,36 +16,64 @@ from sqlalchemy.engine import Connection
 BATCH = 20_000
 
 
-@contextmanager
-def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any]], None]]:
-    preparer = conn.dialect.identifier_preparer
-    columns = ", ".join(preparer.quote(c.name) for c in table.columns)
-    marks = ", ".join("?" for _ in table.columns)
-    sql = f"INSERT INTO {preparer.quote(table.name)} ({columns}) VALUES ({marks})"
-    processors = [c.type._cached_bind_processor(conn.dialect) for c in table.columns]
-    converters = [(i, p) for i, p in enumerate(processors) if p is not None]
-    driver = conn.connection.driver_connection
-    assert driver is not None, "a pooled connection always has its driver connection"
-    cursor = driver.cursor()
-    batch: list[Sequence[Any]] = []
+class Batches:
+    """Rows appended to one table, ``BATCH`` at a time through one ``executemany``."""
 
-    def put(row: Sequence[Any]) -> None:
-        if converters:
+    def __init__(self, conn: Connection, table: sa.Table) -> None:
+        preparer = conn.dialect.identifier_preparer
+        columns = ", ".join(preparer.quote(c.name) for c in table.columns)
+        marks = ", ".join("?" for _ in table.columns)
+        self._sql = f"INSERT INTO {preparer.quote(table.name)} ({columns}) VALUES ({marks})"
+        processors = [c.type._cached_bind_processor(conn.dialect) for c in table.columns]
+        self._converters = [(i, p) for i, p in enumerate(processors) if p is not None]
+        driver = conn.connection.driver_connection
+        assert driver is not None, "a pooled connection always has its driver connection"
+        self._cursor = driver.cursor()
+        self._batch: list[Sequence[Any]] = []
+
+    def put(self, row: Sequence[Any]) -> None:
+        """Append one row of Python values (a tuple in column order)."""
+        if self._converters:
             values = list(row)
-            for i, process in converters:
+            for i, process in self._converters:
                 values[i] = process(values[i])
             row = values
-        batch.append(row)
-        if len(batch) >= BATCH:
-            cursor.executemany(sql, batch)
-            batch.clear()
+        self._batch.append(row)
+        if len(self._batch) >= BATCH:
+            self.flush()
 
+    def put_stored(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Append rows whose values are already what SQLite stores: what the column
+        types' bind processors make of the Python values."""
+        self._batch.extend(rows)
+        if len(self._batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            self._cursor.executemany(self._sql, self._batch)
+            self._batch.clear()
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
+@contextmanager
+def batches(conn: Connection, table: sa.Table) -> Iterator[Batches]:
+    """``Batches`` into ``table``; what is left is written when the block ends."""
+    out = Batches(conn, table)
     try:
-        yield put
-        if batch:
-            cursor.executemany(sql, batch)
+        yield out
+        out.flush()
     finally:
-        cursor.close()
+        out.close()
+
+
+@contextmanager
+def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any]], None]]:
+    """A function that appends one row (a tuple in column order) to ``table``."""
+    with batches(conn, table) as out:
+        yield out.put
 
 
 @contextmanager

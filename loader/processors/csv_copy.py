@@ -10,6 +10,9 @@ Either way the stored values are the parsers' values.
 When the C extension ``loader._fastcsv`` is built, its ``Scanner`` takes the records
 ``RowPattern`` would take, whole blocks of lines at a time, and also hashes them and
 checks their keys; it leaves every other line to the Python loop.
+
+SQLite reads no COPY text: ``SqliteValues`` turns the same text into the values SQLite
+stores for the parsed values, so that plain records skip the parsers there too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import array
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from operator import itemgetter
@@ -221,3 +224,56 @@ class RowPattern:
         if converted is None:
             converted = self._utc[head] = self._shifted(local, hours)
         return f"{converted}:{minute:02d}{local[16:]}"
+
+
+def sqlite_timestamp(text: str) -> str:
+    """A timestamp's text as ``RowPattern`` gives it (UTC, ``T`` or space, seconds and
+    fraction optional) as SQLite stores the parsed value: ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    if len(text) == 10:
+        return f"{text} 00:00:00.000000"
+    return f"{text[:10]} {text[11:16]}{text[16:19] or ':00'}.{text[20:]:0<6}"
+
+
+# What SQLite stores for the text of a plain field, by kind: the bind processors' form of
+# the parsed value. ``float`` of a decimal's text is the ``float`` of its ``Decimal``;
+# text, codes and dates are stored as they are.
+_STORED: dict[str, Callable[[str], Any] | None] = {
+    "text": None, "code": None, "date": None,
+    "integer": int, "decimal": float, "timestamp": sqlite_timestamp,
+}
+
+
+class SqliteValues:
+    """The COPY text of plain records, as the values SQLite stores for them.
+
+    PostgreSQL reads the text ``RowPattern`` and the compiled scanner write; SQLite has
+    no such input, so their text is converted here, column by column for whole blocks.
+    ``kinds`` are ``RowPattern.kinds`` of the written fields, in order.
+    """
+
+    def __init__(self, kinds: Sequence[tuple[str, int, bool]]) -> None:
+        self._columns = [(_STORED[kind], optional) for kind, _, optional in kinds]
+
+    @classmethod
+    def of(cls, pattern: RowPattern) -> SqliteValues:
+        return cls([pattern.kinds[i] for i in pattern.positions])
+
+    def row(self, texts: Sequence[str]) -> list[Any]:
+        """One record's fields, as ``RowPattern.fields`` gives them."""
+        return [None if text == NULL else text if convert is None else convert(text)
+                for text, (convert, _) in zip(texts, self._columns, strict=True)]
+
+    def columns(self, text: str) -> tuple[list[Sequence[Any]], list[int]]:
+        """The columns of COPY text lines that end with a tab and the record's hash (as
+        the scanner writes them without a prefix), and the hashes. At least one line."""
+        lines = text.split("\n")
+        lines.pop()  # after the last line feed
+        cells = list(zip(*(line.split("\t") for line in lines), strict=True))
+        columns: list[Sequence[Any]] = []
+        for (convert, optional), column in zip(self._columns, cells[:-1], strict=True):
+            if optional:
+                columns.append([None if text == NULL else text if convert is None
+                                else convert(text) for text in column])
+            else:
+                columns.append(column if convert is None else list(map(convert, column)))
+        return columns, list(map(int, cells[-1]))

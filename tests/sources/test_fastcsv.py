@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import warehouse_on
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite
 
 from loader import CsvSnapshot, Field, run_sequence
+from loader.coltypes import sql_type
 from loader.processors import csv_copy
 from loader.processors.csv_copy import Column, NotFast, RowPattern
 from loader.sources import csvfile
@@ -159,6 +161,67 @@ def test_a_record_is_taken_as_python_takes_it(raw: str) -> None:
         assert expected is None or ends_outside_ascii(record), record
 
 
+# Records of valid values, mostly of the plain shape.
+_PLAIN = st.tuples(
+    st.sampled_from(["k1", "k2"]),
+    _common_timestamps(),
+    st.one_of(st.just(""), st.integers(-(10**17), 10**17).map(str),
+              st.sampled_from(["+7", "-0", "007"])),
+    st.one_of(st.just(""), st.decimals(-(10**14), 10**14, places=2).map(str),
+              st.decimals(-(10**14), 10**14, places=1).map(str),
+              st.sampled_from(["+1.5", "-0.00", "12", "0.1", "99999999999999.99"])),
+    st.sampled_from(["AUD", "USD", ""]),
+    st.one_of(st.just(""), st.dates().map(str)),
+    st.one_of(st.just(""), st.text(alphabet="ab-é", min_size=1, max_size=5)),
+)
+
+
+def stored_by_parsers(values: tuple[str, ...]) -> list[Any]:
+    """What SQLite stores for the fields of a record parsed in Python: each parser's
+    value through its column type's bind processor."""
+    dialect = sqlite.dialect()
+    stored = []
+    for text, (_, parse, type_name, _) in zip(values, FIELDS, strict=True):
+        value = None if text == "" else parse(text) if parse is not None else text
+        process = sql_type(type_name)._cached_bind_processor(dialect)
+        stored.append(value if process is None or value is None else process(value))
+    return stored
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_PLAIN)
+def test_sqlite_stores_plain_text_as_it_stores_parsed_values(values: tuple[str, ...]) -> None:
+    """SQLite has no COPY: the text of a plain record, from ``RowPattern`` or from the
+    scanner, is converted in Python. Each value, and its type (2 and 2.0 are equal in
+    Python, not in SQLite), must be what the parsers and the column types store."""
+    raw = ",".join(values)
+    try:
+        fields = pattern().fields(raw)
+    except NotFast:
+        fields = None
+    assume(fields is not None)
+    assert fields is not None
+    convert = csv_copy.SqliteValues.of(pattern())
+    expected = [(type(v), v) for v in stored_by_parsers(values)]
+    assert [(type(v), v) for v in convert.row(fields)] == expected
+    found = pattern().scanner([0], "", SALT, csv_copy.hashes(), {}, {}, 0)
+    _, _, read, _, text, _, _ = found.scan((raw + "\n").encode(), 0, 1)
+    if read:  # the scanner leaves fields with a non-ASCII end to Python
+        columns, digests = convert.columns(text.decode())
+        assert [[(type(v), v) for v in row] for row in zip(*columns, strict=True)] == [
+            expected]
+        assert digests == [record_hash(raw, SALT)]
+
+
+def test_sqlite_timestamps_have_every_part() -> None:
+    assert [csv_copy.sqlite_timestamp(t) for t in (
+        "2024-03-01", "2024-03-01T10:05", "2024-03-01 10:05:09", "2024-03-01T10:05:09.5",
+        "2024-03-01 10:05:09.123456")] == [
+        "2024-03-01 00:00:00.000000", "2024-03-01 10:05:00.000000",
+        "2024-03-01 10:05:09.000000", "2024-03-01 10:05:09.500000",
+        "2024-03-01 10:05:09.123456"]
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.tuples(*(_FIELD[name] for name in HEADER)), st.lists(st.booleans(), min_size=7,
                                                                max_size=7))
@@ -283,12 +346,19 @@ def extract() -> CsvSnapshot:
 
 
 def state(wh: Any) -> tuple[list[Any], list[Any]] | None:
-    """The table's rows (with their hashes and whether live) and the rejects, if any."""
+    """The table's rows (with their hashes and whether live) and the rejects, if any.
+
+    On SQLite each value comes with its storage class: 2 and 2.0 compare equal in
+    Python, but one is stored as an integer and the other as a real.
+    """
+    columns = ["p", "id", "at", "n", "amount", "currency", "day", "note"]
+    if wh.dialect == "sqlite":
+        columns += [f"typeof({c})" for c in columns]
     with wh.begin() as conn:
         if not sa.inspect(conn).has_table("events_tracked"):
             return None
         rows = conn.execute(sa.text(
-            "SELECT p, id, at, n, amount, currency, day, note, _row_hash, _deleted_at IS NULL "
+            f"SELECT {', '.join(columns)}, _row_hash, _deleted_at IS NULL "
             "FROM events_tracked ORDER BY p, id")).all()
         rejects = conn.execute(sa.text(
             "SELECT source, line, reason, raw FROM rejects ORDER BY source, line")).all()
@@ -309,29 +379,41 @@ def load(wh: Any, directory: Path, text: str) -> str | None:
     return outcome.error
 
 
+def parsers_only(patch: pytest.MonkeyPatch) -> None:
+    """Every record split and parsed in Python, its values stored through the column
+    types: neither the scanner nor ``RowPattern``'s text."""
+    patch.setattr(csv_copy, "_fastcsv", None)
+    patch.setattr(RowPattern, "build", classmethod(lambda cls, *args: None))
+
+
+DIALECTS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
 def file_text(records: list[str], crlf: bool) -> str:
     end = "\r\n" if crlf else "\n"
     return ",".join(HEADER) + end + "".join(r + end for r in records)
 
 
-@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", DIALECTS)
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(RECORDS, max_size=12), min_size=1, max_size=3), st.booleans())
 def test_loads_end_as_they_end_in_python(tmp_path_factory: pytest.TempPathFactory,
-                                         monkeypatch: pytest.MonkeyPatch,
+                                         monkeypatch: pytest.MonkeyPatch, dialect: str,
                                          files: list[list[str]], crlf: bool) -> None:
     """A first load and reloads of drawn files leave the same rows, hashes and rejects
-    with the compiled path as with Python alone."""
+    with the compiled path as with the parsers alone. On SQLite, the plain records' text
+    is converted to stored values in Python, where the parsers' values go through the
+    column types; both must store the same."""
     base = tmp_path_factory.mktemp("fast")
     states = []
     for compiled in (True, False):
         with monkeypatch.context() as patch:
             if not compiled:
-                patch.setattr(csv_copy, "_fastcsv", None)
+                parsers_only(patch)
             directory = base / f"d{compiled}"
             directory.mkdir()
-            with warehouse_on("postgresql", base / "unused.db") as wh:
+            with warehouse_on(dialect, directory / "warehouse.db") as wh:
                 seen = []
                 for records in files:
                     error = load(wh, directory, file_text(records, crlf))
@@ -340,9 +422,9 @@ def test_loads_end_as_they_end_in_python(tmp_path_factory: pytest.TempPathFactor
     assert states[0] == states[1]
 
 
-@pytest.mark.postgres
-def test_a_large_file_ends_as_it_ends_in_python(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_large_file_ends_as_it_ends_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                dialect: str) -> None:
     """Thousands of records over several read blocks, with a few quoted, multi-line,
     duplicate and bad ones among them, then a reload with some of them changed."""
     rng = random.Random(7)
@@ -387,11 +469,10 @@ def test_a_large_file_ends_as_it_ends_in_python(tmp_path: Path,
     for compiled in (True, False):
         with monkeypatch.context() as patch:
             if not compiled:
-                patch.setattr(csv_copy, "_fastcsv", None)
-                patch.setattr(RowPattern, "scanner", lambda *a: None)
+                parsers_only(patch)
             directory = tmp_path / f"d{compiled}"
             directory.mkdir()
-            with warehouse_on("postgresql", tmp_path / "unused.db") as wh:
+            with warehouse_on(dialect, directory / "warehouse.db") as wh:
                 assert load(wh, directory, file_text(first, False)) is None
                 after_first = state(wh)
                 assert load(wh, directory, file_text(second, True)) is None

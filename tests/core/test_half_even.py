@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loader import Derive, Warehouse, cols
-from loader.coltypes import Fixed, round_half_even
+from loader.coltypes import (
+    Fixed,
+    _round_half_even_decimal,
+    _round_half_even_value,
+    round_half_even,
+)
 from loader.errors import ConfigError
 
 
@@ -81,6 +86,44 @@ def test_round_half_even_is_exact_on_sqlite(sqlite: sa.Connection, quantity: int
     for expression, exact in cases:
         got = sqlite.execute(sa.select(round_half_even(expression, 2))).scalar_one()
         assert got == exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+
+# Products stay below 10**20, so that the decimal result has at most 28 digits.
+_OPERAND = st.one_of(
+    st.floats(min_value=-1e5, max_value=1e5, allow_nan=False, allow_infinity=False),
+    st.decimals(min_value=-10**5, max_value=10**5, places=4, allow_nan=False).map(float),
+    st.integers(-10**4, 10**4),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(operands=st.lists(_OPERAND, min_size=1, max_size=4), places=st.integers(0, 6),
+       tie=st.integers(-10**8, 10**8), digits=st.integers(6, 17))
+def test_a_product_rounds_in_floating_point_as_in_decimals(
+        operands: list[Any], places: int, tie: int, digits: int) -> None:
+    """SQLite's function computes a product of REALs in floating point when that rounds
+    to the same step as decimals: the result (the sign of zero included) must be the
+    decimal one, for any operands and for products at and near a half-way point."""
+    program = "v" + "v*" * (len(operands) - 1)
+    assert repr(_round_half_even_value(places, program, *operands)) == repr(
+        _round_half_even_decimal(places, program, *operands))
+    half = (Decimal(tie) + Decimal("0.5")).scaleb(-places)
+    rate = operands[0] if 1e-3 <= abs(operands[0]) <= 1e4 else 1.25
+    near = float(round(half / Decimal(repr(float(rate))), digits))  # x * rate is about half
+    for factors in ([float(half), 1.0], [near, rate], [rate, near, 1]):
+        assert repr(_round_half_even_value(places, "vv*" if len(factors) == 2 else "vv*v*",
+                                           *factors)) == repr(_round_half_even_decimal(
+            places, "vv*" if len(factors) == 2 else "vv*v*", *factors)), factors
+
+
+def test_a_product_takes_decimals_when_floating_point_cannot_tell() -> None:
+    """2.675 is 2.67499999999999982236431605997495353221893310546875 as a double; its
+    decimal product with 1 is a tie at the cent, which goes to the even 2.68."""
+    assert _round_half_even_value(2, "vv*", 2.675, 1) == 2.68
+    assert round(2.675 * 1, 2) == 2.67  # what floating point alone gives
+    assert repr(_round_half_even_value(2, "vv*", -0.001, 1.0)) == "-0.0"
+    assert _round_half_even_value(2, "vv*", None, 1.0) is None
+    assert _round_half_even_value(2, "vv*", "1.005", 1.0) == 1.0  # text: decimals, a tie
 
 
 def test_round_half_even_on_sqlite_keeps_nulls(sqlite: sa.Connection) -> None:

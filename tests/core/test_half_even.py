@@ -111,9 +111,9 @@ def test_a_product_rounds_in_floating_point_as_in_decimals(
     rate = operands[0] if 1e-3 <= abs(operands[0]) <= 1e4 else 1.25
     near = float(round(half / Decimal(repr(float(rate))), digits))  # x * rate is about half
     for factors in ([float(half), 1.0], [near, rate], [rate, near, 1]):
-        assert repr(_round_half_even_value(places, "vv*" if len(factors) == 2 else "vv*v*",
-                                           *factors)) == repr(_round_half_even_decimal(
-            places, "vv*" if len(factors) == 2 else "vv*v*", *factors)), factors
+        product = "v" + "v*" * (len(factors) - 1)
+        assert repr(_round_half_even_value(places, product, *factors)) == repr(
+            _round_half_even_decimal(places, product, *factors)), factors
 
 
 def test_a_product_takes_decimals_when_floating_point_cannot_tell() -> None:

@@ -58,10 +58,16 @@ def create_engine(url: str) -> Engine:
 
 
 def postgresql_engine(url: sa.URL, **kwargs: Any) -> Engine:
-    """A psycopg 3 engine whose sessions run in UTC, keeping any ``options`` of the URL."""
+    """A psycopg 3 engine whose sessions run in UTC without JIT compilation, keeping
+    any ``options`` of the URL."""
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     options = " ".join(filter(None, [
+        # Compiling a statement's expressions to machine code costs 10-30 ms, and is
+        # chosen by cost estimates that a join with a staged table can inflate far past
+        # the rows it reads; a refresh is many such short statements. A URL's own
+        # options, which follow, may turn it back on.
+        "-c jit=off",
         str(url.query.get("options", "")),
         "-c timezone=UTC",
         # Streamed reads want the whole result, not a fast start.

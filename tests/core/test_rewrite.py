@@ -114,3 +114,21 @@ def test_whole_table_reads_plan_with_the_default_page_cost() -> None:
                 assert cost() == session
         finally:
             wh.dispose()
+
+
+def test_sessions_run_without_jit_unless_the_url_asks_for_it() -> None:
+    """The loader's sessions turn JIT compilation off and keep UTC; an ``options`` of the
+    URL that sets ``jit`` wins, and the search path it sets stays."""
+    with contextlib.contextmanager(pg_schema_url)() as url:
+        schema = url.rsplit("%3D", 1)[1]
+        for given, expected in ((url, "off"), (f"{url}%20-cjit%3Don", "on")):
+            wh = Warehouse(given, migrate=False)
+            try:
+                with wh.engine.connect() as conn:
+                    def show(name: str) -> str:
+                        return str(conn.exec_driver_sql(f"SHOW {name}").scalar_one())
+
+                    assert (show("jit"), show("timezone"), show("search_path")) == (
+                        expected, "UTC", schema)
+            finally:
+                wh.dispose()

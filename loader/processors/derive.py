@@ -197,6 +197,8 @@ class Derive:
                 conn.execute(sa.insert(keys).from_select(
                     list(table.key_names), rows.changed(since, self.inputs)))
                 bulk.analyze(conn, keys)
+            else:
+                stack.enter_context(rows.partner_copies())
             compute = self._compute_sql if in_sql else self._compute_pages
             staged = compute(ctx, rows, keys, out, result)
             if staged:

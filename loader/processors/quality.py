@@ -116,6 +116,8 @@ class Quality:
                 bulk.analyze(conn, keys)
                 gone = conn.execute(rows.deleted_since(since)).all()
                 bulk.load(conn, checked, ([default_row_key(k)] for k in gone))
+            else:
+                stack.enter_context(rows.partner_copies())
             in_sql = [rule for rule in self.rules if rule.sql is not None]
             in_python = [rule for rule in self.rules if rule.sql is None]
             if in_sql:

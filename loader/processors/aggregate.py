@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from loader import bulk
 from loader.bulk import postgresql as pg_bulk
+from loader.bulk import sqlite as sqlite_bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import delete_missing, key_match, upsert
@@ -127,7 +128,7 @@ class Aggregate:
                                               self.version)
         return result
 
-    def _counted(self, s: sa.Table) -> sa.ColumnElement[bool]:
+    def _counted(self, s: sa.FromClause) -> sa.ColumnElement[bool]:
         """Whether a row of the source table ``s`` counts: live, and not NULL where
         ``not_null`` says."""
         return sa.and_(s.c[DELETED_AT].is_(None), *(s.c[c].is_not(None) for c in self.not_null))
@@ -150,7 +151,10 @@ class Aggregate:
         ``nulls`` says: equality and ``IS NULL`` both use the source's index on the
         group columns, where a NULL-safe comparison would not.
         """
-        s = source.table
+        # Every row: reading the table in order and sorting beats fetching its rows
+        # through an index on the groups one by one. At 1,000,000 sales on SQLite,
+        # grouping by customer took 3.1-3.3 s through the customer index, 1.6-2.1 s so.
+        s = source.table if groups is not None else sqlite_bulk.scanned(source.table)
         group_cols = [s.c[c] for c in self.group_by]
         measures: list[Any] = []
         for m in self.measures:

@@ -1,6 +1,7 @@
 """A derive on SQLite that updates most rows of a big table drops the indexes the update
 writes to, and builds them again before the commit; and its SQL rounds half-even exactly.
-A stage analysed on SQLite drives the join to the table it is matched with.
+A stage analysed on SQLite drives the join to the table it is matched with, and a whole
+aggregate scans its source rather than following an index.
 
 The thresholds are lowered so that small tables take that path. A second warehouse keeps
 them out of reach and keeps its indexes while updating; after every run both must hold
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from hypothesis import strategies as st
 from loader import Warehouse
 from loader.bulk import sqlite as sqlite_bulk
 from loader.processors import derive as derive_module
+from loader.processors.aggregate import Aggregate, count, sum_of
+from loader.tracking import Col, TrackedTable, ensure_table
 
 from .test_swap import events_st, rates_st, run, states_of, write
 
@@ -159,3 +163,36 @@ def test_a_stage_analysed_on_sqlite_drives_the_join(tmp_path: Path) -> None:
         bulk.analyze(conn, "big")
         assert conn.exec_driver_sql(
             "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").scalar() == 0
+
+
+def test_a_whole_aggregate_reads_its_source_without_an_index(tmp_path: Path) -> None:
+    """Rebuilding every group scans the source and sorts it, on SQLite, though an index
+    on the group column could give the rows in group order (one lookup per row); a
+    refresh of a few groups still finds their rows through that index. The totals are
+    those of the rows."""
+    agg = Aggregate("by_g", "big", "big_totals", ("g",), (count("n"), sum_of("v", "total")),
+                    not_null=("g",))
+    at = datetime(2026, 1, 1)
+    with warehouse_on("sqlite", tmp_path / "w.db") as wh, wh.begin() as conn:
+        source = ensure_table(conn, TrackedTable("big", (Col("k", "integer"),), (
+            Col("g"), Col("v", "integer")), indexes=(("g",),)), run_id=1, now=at)
+        conn.execute(sa.insert(source.table), [
+            {"k": k, "g": f"g{k % 50}", "v": k, "_changed_at": at, "_live_since": at}
+            for k in range(2000)])
+        touched = sa.Table("touched", sa.MetaData(), sa.Column("g", sa.Text),
+                           prefixes=["TEMPORARY"])
+        touched.create(conn)
+        conn.execute(sa.insert(touched), [{"g": "g1"}])
+
+        def plan(query: sa.Select[Any]) -> list[str]:
+            compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+            return [row[3] for row in conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}").all()]
+
+        whole = agg._grouped(source, None)
+        assert plan(whole)[0] == "SCAN big_tracked", plan(whole)
+        some = plan(agg._grouped(source, touched, (False,)))
+        assert any("USING INDEX ix_big__g" in step for step in some), some
+        totals = {r.g: (r.n, r.total) for r in conn.execute(whole)}
+        assert len(totals) == 50
+        assert totals["g7"] == (40, sum(k for k in range(2000) if k % 50 == 7))

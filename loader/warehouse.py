@@ -80,6 +80,9 @@ def postgresql_engine(url: sa.URL, **kwargs: Any) -> Engine:
     return sa.create_engine(url, connect_args={"options": options}, **kwargs)
 
 
+SORT_THREADS = min(4, os.cpu_count() or 1)
+
+
 def _make_sqlite_transactional(engine: Engine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, decide where transactions begin."""
 
@@ -91,6 +94,10 @@ def _make_sqlite_transactional(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA cache_size=-16384")
+        # Helper threads for the sorts of CREATE INDEX, GROUP BY and ORDER BY: building
+        # an index over three columns of 1,000,000 sales took 1.5-1.9 s without, 1.0-1.3 s
+        # with two.
+        cursor.execute(f"PRAGMA threads={SORT_THREADS}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

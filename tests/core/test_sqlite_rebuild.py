@@ -196,3 +196,13 @@ def test_a_whole_aggregate_reads_its_source_without_an_index(tmp_path: Path) -> 
         totals = {r.g: (r.n, r.total) for r in conn.execute(whole)}
         assert len(totals) == 50
         assert totals["g7"] == (40, sum(k for k in range(2000) if k % 50 == 7))
+
+
+def test_sqlite_sessions_sort_with_helper_threads(tmp_path: Path) -> None:
+    """Every SQLite session writes ahead to a log and lets its sorts use helper threads."""
+    from loader.warehouse import SORT_THREADS
+
+    assert SORT_THREADS >= 1
+    with warehouse_on("sqlite", tmp_path / "w.db") as wh, wh.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA threads").scalar() == SORT_THREADS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -136,12 +136,14 @@ class RowSet:
         lookup uses, clustered on the key (``WITHOUT ROWID``), took 1.0 s, and
         copying them 0.05 s. Columns keep their declared types, so that values
         compare as they do in the partner table. A partner whose key may be NULL
-        is joined as it is. The copies are dropped when the block ends.
+        is joined as it is. The copies are dropped when the block ends (on an error,
+        with the transaction).
         """
-        if self.conn.dialect.name != "sqlite" or not self.lookups:
+        if self.conn.dialect.name != "sqlite":
             yield
             return
-        with ExitStack() as stack:
+        made: dict[str, sa.Table] = {}
+        try:
             for lookup, partner in self.lookups:
                 if partner.nullable_key or lookup.name in self.copies:
                     continue
@@ -153,13 +155,17 @@ class RowSet:
                                 primary_key=c in partner.key_names) for c in used),
                     prefixes=["TEMPORARY"], sqlite_with_rowid=False)
                 copy.create(self.conn)
-                stack.callback(copy.drop, self.conn)
+                made[lookup.name] = copy
                 p = partner.table
                 self.conn.execute(sa.insert(copy).from_select(
                     used, sa.select(*(p.c[c] for c in used)).where(p.c[DELETED_AT].is_(None))))
                 self.copies[lookup.name] = copy
-                stack.callback(self.copies.pop, lookup.name)
             yield
+        finally:
+            for name in made:
+                self.copies.pop(name, None)
+        for copy in made.values():
+            copy.drop(self.conn)
 
     def columns_and_source(self, keys: sa.Table | None
                            ) -> tuple[dict[str, sa.ColumnElement[Any]], sa.FromClause]:

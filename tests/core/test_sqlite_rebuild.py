@@ -1,7 +1,8 @@
 """A derive on SQLite that updates most rows of a big table drops the indexes the update
 writes to, and builds them again before the commit; and its SQL rounds half-even exactly.
-A stage analysed on SQLite drives the join to the table it is matched with, and a whole
-aggregate scans its source rather than following an index.
+A stage analysed on SQLite drives the join to the table it is matched with, a whole
+aggregate scans its source rather than following an index, and sessions sort with helper
+threads.
 
 The thresholds are lowered so that small tables take that path. A second warehouse keeps
 them out of reach and keeps its indexes while updating; after every run both must hold

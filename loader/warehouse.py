@@ -63,7 +63,7 @@ def postgresql_engine(url: sa.URL, **kwargs: Any) -> Engine:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     options = " ".join(filter(None, [
-        # Compiling a statement's expressions to machine code costs 10-30 ms, and is
+        # Compiling a statement's expressions to machine code cost 8-27 ms, and is
         # chosen by cost estimates that a join with a staged table can inflate far past
         # the rows it reads; a refresh is many such short statements. A URL's own
         # options, which follow, may turn it back on.

@@ -617,13 +617,13 @@ class _FileLoad:
         folded = {name.lower(): name for name in self.header}
         present = [folded[e.lower()] for e in self.extras if e.lower() in folded]
         put = out.put
+
+        def parsed(fast: tuple[str, ...] | None, values: list[Any], extras: list[Any],
+                   digest: int) -> None:
+            put([value, *values, *extras, digest, *suffix])
+
         pattern = self._pattern(present)
         if pattern is None:
-
-            def parsed(fast: tuple[str, ...] | None, values: list[Any], extras: list[Any],
-                       digest: int) -> None:
-                put([value, *values, *extras, digest, *suffix])
-
             return _Out(parsed, self.extras)
         stored = csv_copy.SqliteValues.of(pattern)
         width = len(self.extract.fields)
@@ -635,7 +635,7 @@ class _FileLoad:
         def emit(fast: tuple[str, ...] | None, values: list[Any], extras: list[Any],
                  digest: int) -> None:
             if fast is None:
-                put([value, *values, *extras, digest, *suffix])
+                parsed(fast, values, extras, digest)
                 return
             fields = stored.row(fast)
             out.put_stored([[value, *fields[:width],
@@ -771,8 +771,6 @@ def _stored_hashes(conn: Connection, column: sa.ColumnElement[Any],
         assert driver is not None
         with closing(driver.cursor()) as cursor:
             return csv_copy.hashes(map(itemgetter(0), cursor.execute(str(compiled), params)))
-    if conn.dialect.name != "postgresql":
-        return csv_copy.hashes(conn.execute(sa.select(column).where(*where)).scalars())
     query = sa.select(sa.func.string_agg(sa.func.int8send(column),
                                          sa.literal(b"", sa.LargeBinary))).where(*where)
     compiled = query.compile(dialect=conn.dialect)

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 from conftest import warehouse_on
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, settings
 
 from loader.processors._select import RowSet
 
 from .test_sqlite_rebuild import rows
-from .test_swap import events_st, rates_st, run, states_of, write
+from .test_swap import given_histories, run, states_of, write
 
 
 @contextlib.contextmanager
@@ -56,10 +55,7 @@ def copies(monkeypatch: pytest.MonkeyPatch, enabled: bool) -> Iterator[list[list
          edits=[(None, {("x", "2026-01-01"): "1.33"}),  # y's rate deleted
                 (None, {("x", "2026-01-01"): "1.33", ("y", "2026-01-02"): "0.50"})],  # back
          modes=["full", "full", "full"])
-@given(first=st.tuples(events_st, rates_st),
-       edits=st.lists(st.tuples(st.none() | events_st, st.none() | rates_st), min_size=1,
-                      max_size=2),
-       modes=st.lists(st.sampled_from(["full", "refresh"]), min_size=3, max_size=3))
+@given_histories
 def test_copies_of_the_partners_give_what_the_partners_give(
         tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
         first: tuple[dict[Any, Any], dict[Any, Any]],

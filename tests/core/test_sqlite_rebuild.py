@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import warehouse_on
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, settings
 
 from loader import Warehouse
 from loader.bulk import sqlite as sqlite_bulk
@@ -29,7 +28,7 @@ from loader.processors import derive as derive_module
 from loader.processors.aggregate import Aggregate, count, sum_of
 from loader.tracking import Col, TrackedTable, ensure_table
 
-from .test_swap import events_st, rates_st, run, states_of, write
+from .test_swap import given_histories, run, states_of, write
 
 
 @contextlib.contextmanager
@@ -82,10 +81,7 @@ def rows(wh: Warehouse) -> list[tuple[Any, ...]]:
                 {("x", "2026-01-01"): "1.10"}),
          edits=[(None, {("x", "2026-01-01"): "1.33", ("y", "2026-01-02"): "0.50"})],
          modes=["full", "refresh", "full"])
-@given(first=st.tuples(events_st, rates_st),
-       edits=st.lists(st.tuples(st.none() | events_st, st.none() | rates_st), min_size=1,
-                      max_size=2),
-       modes=st.lists(st.sampled_from(["full", "refresh"]), min_size=3, max_size=3))
+@given_histories
 def test_rebuilding_the_indexes_gives_what_updating_them_gives(
         tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
         first: tuple[dict[Any, Any], dict[Any, Any]],

@@ -123,6 +123,14 @@ rates_st = st.dictionaries(st.tuples(st.sampled_from(PARTS), st.sampled_from(DAY
                            st.sampled_from(["0.50", "1.10", "1.33"]), max_size=6)
 
 
+# A first state of the events and rates, one or two edits, and the mode of each run.
+given_histories = given(
+    first=st.tuples(events_st, rates_st),
+    edits=st.lists(st.tuples(st.none() | events_st, st.none() | rates_st), min_size=1,
+                   max_size=2),
+    modes=st.lists(st.sampled_from(["full", "refresh"]), min_size=3, max_size=3))
+
+
 def states_of(first: tuple[dict[Any, Any], dict[Any, Any]],
               edits: list[tuple[dict[Any, Any] | None, dict[Any, Any] | None]]
               ) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
@@ -141,10 +149,7 @@ def states_of(first: tuple[dict[Any, Any], dict[Any, Any]],
                 {("x", "2026-01-01"): "1.10"}),
           edits=[(None, {("x", "2026-01-01"): "1.33", ("y", "2026-01-02"): "0.50"})],
           modes=["full", "full", "full"])  # a swap on each full run, rates alone at last
-@given(first=st.tuples(events_st, rates_st),
-       edits=st.lists(st.tuples(st.none() | events_st, st.none() | rates_st), min_size=1,
-                      max_size=2),
-       modes=st.lists(st.sampled_from(["full", "refresh"]), min_size=3, max_size=3))
+@given_histories
 def test_the_swap_gives_what_updating_in_place_gives(
         tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
         first: tuple[dict[Any, Any], dict[Any, Any]],

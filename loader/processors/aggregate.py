@@ -79,7 +79,7 @@ def max_of(column: str, name: str, type: str) -> Measure:
 class Aggregate:
     """Group the live rows of ``source`` by ``group_by`` into ``target``.
 
-    ``where`` keeps only rows whose listed columns are not NULL.
+    ``not_null`` keeps only rows whose listed columns are not NULL.
     """
 
     name: str
@@ -208,10 +208,9 @@ class Aggregate:
                 counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(out)).scalar_one())
-        s = source.table
-        result.rows_read = conn.execute(
-            sa.select(sa.func.count()).where(self._counted(s))).scalar_one()
-        self._sync_members(conn, source, members)
+        # The membership holds a row for each source row that counts: a count of it
+        # (or of the first build's insert) spares a scan of the source.
+        result.rows_read = self._sync_members(conn, source, members)
         bulk.analyze(conn, members)
 
     def _rebuild_touched(self, conn: Connection, ctx: Context, source: TrackedTable,
@@ -304,16 +303,16 @@ class Aggregate:
                       *(moves.c[f"n{i}"] for i in range(len(self.group_by))))
             .where(moves.c.now, sa.not_(moves.c.was))))
 
-    def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> None:
-        """Make the membership table match the source, writing only the differences."""
+    def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> int:
+        """Make the membership table match the source, writing only the differences;
+        returns how many members it has (the source rows that count)."""
         if _empty(conn, members):
             # A first build: every row is new, and on PostgreSQL the key index is built
             # once afterwards.
             with ExitStack() as stack:
                 if conn.dialect.name == "postgresql":
                     stack.enter_context(pg_bulk.indexes_built_after(conn, members.name))
-                self._insert_members(conn, source, members)
-            return
+                return self._insert_members(conn, source, members)
         s = source.table
         counted = self._counted(s)
         same_row = key_match(source, members, s, conn.dialect.name)
@@ -326,14 +325,17 @@ class Aggregate:
             counted, ~sa.exists().where(key_match(source, members, s, conn.dialect.name)))
         conn.execute(sa.insert(members).from_select(
             [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
+        return int(conn.execute(sa.select(sa.func.count()).select_from(members)).scalar_one())
 
     def _insert_members(self, conn: Connection, source: TrackedTable,
-                        members: sa.Table) -> None:
+                        members: sa.Table) -> int:
+        """Insert a member for each source row that counts; returns how many."""
         s = source.table
         query = sa.select(*(s.c[k] for k in source.key_names),
                           *(s.c[c] for c in self.group_by)).where(self._counted(s))
-        conn.execute(sa.insert(members).from_select(
-            [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
+        return int(conn.execute(sa.insert(members).from_select(
+            [*source.key_names, *(f"g_{c}" for c in self.group_by)], query),
+            execution_options={"preserve_rowcount": True}).rowcount)
 
     @staticmethod
     def _record(result: Result, target: TrackedTable, counts: Any, groups: int) -> None:

@@ -11,10 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from loader import Warehouse
+from loader import Aggregate, Warehouse, count
 from loader.execute import RunOutcome
 
-from .shop import Shop, dump, fresh_full_outputs, outputs, sample_shop, view
+from .shop import Shop, dump, flow, fresh_full_outputs, outputs, sample_shop, view
 
 
 def totals(wh: Warehouse) -> dict[str | None, tuple[int, Decimal]]:
@@ -171,3 +171,32 @@ def test_group_keys_are_indexed_for_the_dialects_way_of_matching_them(
             assert conn.execute(query).scalar_one() == 1
         else:
             assert "ix_seg_totals_key" in names and "ix_seg_totals_keyc" not in names
+
+
+def test_a_full_rebuild_reports_the_source_rows_that_count(warehouse: Warehouse,
+                                                           tmp_path: Path) -> None:
+    """A full rebuild's ``rows_read`` is the number of live source rows that count:
+    every live order by segment, only those with a customer by customer. So on the
+    first build, over a correct warehouse, and after an order is deleted and another
+    loses its customer."""
+    shop = _shop(tmp_path)
+    shop.put_order("west", "4", 1, "1.00", None)
+    shop.write_orders("west")
+    by_cust = Aggregate("by_cust", "orders", "cust_totals", ("cust",), (count("n"),),
+                        not_null=("cust",))
+
+    def full() -> tuple[int, int]:
+        outcome = shop.run(warehouse, "full", [*flow(), by_cust])
+        assert outcome.status == "succeeded", outcome.error
+        return (outcome.results["by_seg"].rows_read, outcome.results["by_cust"].rows_read)
+
+    def counted() -> tuple[int, int]:
+        live = view(warehouse, "orders")
+        return len(live), sum(1 for r in live if r["cust"] is not None)
+
+    assert full() == counted() == (7, 6)
+    assert full() == counted()
+    del shop.orders["east"]["2"]
+    shop.orders["east"]["1"]["cust"] = ""
+    shop.write_orders("east")
+    assert full() == counted() == (6, 4)

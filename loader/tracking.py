@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import meta
-from loader.coltypes import sql_type
+from loader.coltypes import Stamp, sql_type
 from loader.errors import SchemaError
 
 CHANGED_AT = "_changed_at"
@@ -179,11 +179,11 @@ class TrackedTable:
             for c in self.key
         ]
         columns += [sa.Column(c.name, sql_type(c.type)) for c in self.columns]
-        columns += [sa.Column(stamp(c.name), sa.DateTime) for c in self.columns]
+        columns += [sa.Column(stamp(c.name), Stamp()) for c in self.columns]
         columns += [
-            sa.Column(CHANGED_AT, sa.DateTime, nullable=False),
-            sa.Column(DELETED_AT, sa.DateTime),
-            sa.Column(LIVE_SINCE, sa.DateTime, nullable=False),
+            sa.Column(CHANGED_AT, Stamp(), nullable=False),
+            sa.Column(DELETED_AT, Stamp()),
+            sa.Column(LIVE_SINCE, Stamp(), nullable=False),
             sa.Column(ROW_HASH, sa.BigInteger),
         ]
         table = sa.Table(self.physical, md, *columns)
@@ -296,7 +296,7 @@ def ensure_table(conn: Connection, wanted: TrackedTable, *, run_id: int | None,
 
 def _add_column(conn: Connection, physical: str, column: Col) -> None:
     preparer = conn.dialect.identifier_preparer
-    for name, type_ in ((column.name, sql_type(column.type)), (stamp(column.name), sa.DateTime())):
+    for name, type_ in ((column.name, sql_type(column.type)), (stamp(column.name), Stamp())):
         type_sql = type_.compile(dialect=conn.dialect)
         conn.exec_driver_sql(
             f"ALTER TABLE {preparer.quote(physical)} ADD COLUMN {preparer.quote(name)} {type_sql}"

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loader.coltypes import sql_type
+from loader.coltypes import Stamp, sql_type
 from loader.errors import ConfigError
 from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, TrackedTable, require_table, stamp
 
@@ -104,7 +104,7 @@ class RowSet:
         """
         t = self.table.table
         key = [t.c[k] for k in self.table.key_names]
-        after = sa.literal(since, sa.DateTime())
+        after = sa.literal(since, Stamp())
         own = sa.select(*key).where(
             t.c[DELETED_AT].is_(None), t.c[CHANGED_AT] > after,
             sa.or_(t.c[LIVE_SINCE] > after,
@@ -232,6 +232,6 @@ class RowSet:
         narrows the search first.
         """
         t = self.table.table
-        after = sa.literal(since, sa.DateTime())
+        after = sa.literal(since, Stamp())
         return sa.select(*(t.c[k] for k in self.table.key_names)).where(
             t.c[CHANGED_AT] > after, t.c[DELETED_AT] > after)

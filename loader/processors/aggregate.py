@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from loader import bulk
 from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
-from loader.coltypes import exact_sum, places_of, sql_type
+from loader.coltypes import Stamp, exact_sum, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import delete_missing, key_match, upsert
 from loader.processors.base import Context, Result
@@ -239,8 +239,8 @@ class Aggregate:
                     t.c[DELETED_AT].is_(None),
                     sa.exists().where(key_match(target, t, groups, conn.dialect.name)),
                     ~sa.exists().where(key_match(target, t, out, conn.dialect.name)),
-                ).values({DELETED_AT: sa.literal(ctx.run_ts, sa.DateTime()),
-                          CHANGED_AT: sa.literal(ctx.run_ts, sa.DateTime())})
+                ).values({DELETED_AT: sa.literal(ctx.run_ts, Stamp()),
+                          CHANGED_AT: sa.literal(ctx.run_ts, Stamp())})
             ).rowcount
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(groups)).scalar_one())
@@ -258,7 +258,7 @@ class Aggregate:
         groups and the few membership rows to write.
         """
         s = source.table
-        after = sa.literal(since, sa.DateTime())
+        after = sa.literal(since, Stamp())
         keys = list(source.key_names)
         columns: list[tuple[str, Any]] = [
             *((f"k{i}", sql_type(k.type)) for i, k in enumerate(source.key)),

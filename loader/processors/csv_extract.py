@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from loader import bulk, meta
 from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
-from loader.coltypes import INT64, check_range, places_of, sql_type
+from loader.coltypes import INT64, check_range, places_of, sql_type, stamp_micros
 from loader.errors import ConfigError, SchemaError, SourceError
 from loader.merge import MergeCounts, delete_hashes, upsert
 from loader.processors import csv_copy
@@ -464,10 +464,8 @@ class _FileLoad:
                 read, loaded = self._first_load_copy(conn, ctx, salt)
             else:
                 target = _direct_target(self.table, names)
-                # The same stamp in every row: written as text, it is converted once per
-                # row by the database instead of once per value by the driver.
-                suffix = [ctx.run_ts.strftime("%Y-%m-%d %H:%M:%S.%f")] * (
-                    len(self.table.columns) + 2)
+                # The same stamp in every row, converted once to what SQLite stores.
+                suffix = [stamp_micros(ctx.run_ts)] * (len(self.table.columns) + 2)
                 with sqlite_bulk.batches(conn, target) as out:
                     read, loaded = self._each_row(ctx, salt, stored,
                                                   self._stored_rows(out, suffix))
@@ -787,7 +785,7 @@ def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:
     stamps = [*(stamp(c.name) for c in table.columns), CHANGED_AT, LIVE_SINCE]
     return sa.Table(t.name, sa.MetaData(),
                     *(sa.Column(n, t.c[n].type) for n in [*names, ROW_HASH]),
-                    *(sa.Column(n, sa.Text()) for n in stamps))
+                    *(sa.Column(n, sa.BigInteger()) for n in stamps))
 
 
 def _starts_with(path: Path, header: str) -> bool:

@@ -38,8 +38,10 @@ from loader import (
     run_sequence,
     sum_of,
 )
+from loader.coltypes import micros_stamp
 from loader.execute import RunOutcome
 from loader.sources.csvfile import parse_decimal, parse_int
+from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE
 
 HEADER = ("id", "qty", "price", "cust")
 START = datetime(2024, 1, 1, 8, 0, 0)
@@ -211,11 +213,18 @@ def rows(conn: sa.Connection, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     return sorted((tuple(norm(v) for v in row) for row in result), key=_sort_key)
 
 
+def is_stamp(column: str) -> bool:
+    return column.startswith(CHANGED_AT) or column in (DELETED_AT, LIVE_SINCE)
+
+
 def records(conn: sa.Connection, table: str) -> list[dict[str, Any]]:
-    """Every row of a table or view as a dict by column name, normalised and sorted."""
+    """Every row of a table or view as a dict by column name, normalised and sorted.
+
+    Stamps come as timestamps whatever the dialect stores (SQLite: integers)."""
     quoted = conn.dialect.identifier_preparer.quote(table)
     result = conn.execute(sa.text(f"SELECT * FROM {quoted}")).mappings().all()
-    out = [{k: norm(v) for k, v in row.items()} for row in result]
+    out = [{k: norm(micros_stamp(v) if isinstance(v, int) and is_stamp(k) else v)
+            for k, v in row.items()} for row in result]
     return sorted(out, key=lambda r: _sort_key(sorted(r.items())))
 
 

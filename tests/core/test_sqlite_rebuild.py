@@ -22,11 +22,11 @@ import sqlalchemy as sa
 from conftest import warehouse_on
 from hypothesis import HealthCheck, example, settings
 
-from loader import Warehouse
+from loader import Warehouse, meta
 from loader.bulk import sqlite as sqlite_bulk
 from loader.processors import derive as derive_module
 from loader.processors.aggregate import Aggregate, count, sum_of
-from loader.tracking import Col, TrackedTable, ensure_table
+from loader.tracking import Col, TrackedTable, ensure_table, require_table
 
 from .test_swap import given_histories, run, states_of, write
 
@@ -66,11 +66,12 @@ def indexes(wh: Warehouse) -> dict[str, str]:
 def rows(wh: Warehouse) -> list[tuple[Any, ...]]:
     """Every row of the physical table, stamps as the ordinal of the run that wrote them."""
     with wh.begin() as conn:
-        ordinal = {str(ts): n for n, ts in enumerate(conn.exec_driver_sql(
-            "SELECT run_ts FROM loader_runs ORDER BY run_id").scalars())}
-        found = conn.execute(sa.text("SELECT * FROM events_tracked ORDER BY part, id"))
+        ordinal = {ts: n for n, ts in enumerate(conn.execute(
+            sa.select(meta.runs.c.run_ts).order_by(meta.runs.c.run_id)).scalars())}
+        t = require_table(conn, "events").table
+        found = conn.execute(sa.select(t).order_by(t.c.part, t.c.id))
         names = list(found.keys())
-        return [tuple((name, ordinal.get(str(v), v) if name.startswith("_") else v)
+        return [tuple((name, ordinal.get(v, v) if name.startswith("_") else v)
                       for name, v in zip(names, row, strict=True)) for row in found]
 
 

@@ -21,11 +21,12 @@ from conftest import warehouse_on
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from loader import CsvSnapshot, Derive, Field, Lookup, Warehouse, cols, run_sequence
+from loader import CsvSnapshot, Derive, Field, Lookup, Warehouse, cols, meta, run_sequence
 from loader.bulk import postgresql as pg_bulk
 from loader.coltypes import round_half_even
 from loader.processors import derive as derive_module
 from loader.sources.csvfile import parse_date, parse_decimal, parse_int, parse_timestamp
+from loader.tracking import require_table
 
 pytestmark = pytest.mark.postgres
 
@@ -72,9 +73,10 @@ def rows(wh: Warehouse) -> list[tuple[Any, ...]]:
     """Every row of the physical table, tracking columns included, with each run
     timestamp replaced by the run's ordinal, so that two warehouses compare."""
     with wh.begin() as conn:
-        ordinal = {ts: n for n, ts in enumerate(conn.execute(sa.text(
-            "SELECT run_ts FROM loader_runs ORDER BY run_id")).scalars())}
-        found = conn.execute(sa.text("SELECT * FROM events_tracked ORDER BY part, id"))
+        ordinal = {ts: n for n, ts in enumerate(conn.execute(
+            sa.select(meta.runs.c.run_ts).order_by(meta.runs.c.run_id)).scalars())}
+        t = require_table(conn, "events").table
+        found = conn.execute(sa.select(t).order_by(t.c.part, t.c.id))
         names = list(found.keys())
         return [tuple((name, ordinal.get(v, v) if isinstance(v, datetime) and
                        name.startswith("_") else v) for name, v in zip(names, row, strict=True))

@@ -24,6 +24,12 @@ from loader.errors import TransientError
 
 EMBEDDED_BROKER = "memory://"
 EMBEDDED_BACKEND = "cache+memory://"
+# Seconds between two looks at an empty queue, for transports that poll: the in-process
+# memory broker, where the next stage's message waits that long; others (Redis, SQS)
+# keep the gentler default. A no-op refresh of the sales flow in-process took a median
+# of 0.61 s polling every 0.05 s, 0.47 s every 0.01 s.
+EMBEDDED_POLLING = 0.01
+BROKER_POLLING = 0.05
 
 
 def broker_url() -> str:
@@ -51,8 +57,9 @@ def settings() -> dict[str, Any]:
     """The Celery settings, read from the environment."""
     visibility = int(os.environ.get("LOADER_VISIBILITY_TIMEOUT", str(6 * 3600)))
     restore = int(os.environ.get("LOADER_RESTORE_INTERVAL", "10"))
+    polling = EMBEDDED_POLLING if embedded() else BROKER_POLLING
     transport = {
-        "polling_interval": float(os.environ.get("LOADER_POLLING_INTERVAL", "0.05")),
+        "polling_interval": float(os.environ.get("LOADER_POLLING_INTERVAL", polling)),
         "visibility_timeout": visibility,
         "unacked_restore_interval": restore,
         "unacked_restore_throttle": 1,

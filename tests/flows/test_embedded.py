@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from celery import chain
 
-from loader import Warehouse
+from loader import Warehouse, celery_app
 from loader.flow import Flow, step
 from loader.runner import run_flow
 
@@ -29,3 +30,22 @@ def test_a_flow_registered_after_the_worker_started_runs(tmp_path: Path) -> None
             assert ("emb_later_registered", report.run_id) in log_rows(conn)
     finally:
         wh.dispose()
+
+
+def test_the_in_process_broker_is_polled_often_and_a_broker_elsewhere_gently(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory broker's queue is looked at every EMBEDDED_POLLING seconds (the next
+    stage's message waits no longer); a configured broker keeps BROKER_POLLING; either
+    yields to LOADER_POLLING_INTERVAL."""
+    def polling() -> float:
+        return float(celery_app.settings()["broker_transport_options"]["polling_interval"])
+
+    monkeypatch.delenv("LOADER_POLLING_INTERVAL", raising=False)
+    monkeypatch.delenv("LOADER_BROKER_URL", raising=False)
+    assert polling() == celery_app.EMBEDDED_POLLING < celery_app.BROKER_POLLING
+    monkeypatch.setenv("LOADER_BROKER_URL", "redis://127.0.0.1:6379/13")
+    assert polling() == celery_app.BROKER_POLLING
+    monkeypatch.setenv("LOADER_POLLING_INTERVAL", "0.3")
+    assert polling() == 0.3
+    monkeypatch.delenv("LOADER_BROKER_URL")
+    assert polling() == 0.3

@@ -112,6 +112,8 @@ class Stamp(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
         if value is None or isinstance(value, datetime):
             return value
+        if isinstance(value, str):  # a warehouse not migrated yet (0003) holds text
+            return datetime.fromisoformat(value)
         return micros_stamp(int(value))
 
 

@@ -23,9 +23,12 @@ depends_on = None
 TO_MICROS = ("CASE WHEN typeof({c}) = 'text' THEN"
              " CAST(strftime('%s', substr({c}, 1, 19)) AS INTEGER) * 1000000"
              " + CAST(substr({c} || '000000', 21, 6) AS INTEGER) ELSE {c} END")
+# SQLite's % keeps the dividend's sign: the microseconds of a moment before 1970 are
+# ((c % 1000000) + 1000000) % 1000000, and its whole seconds what is left of it.
+_MICROS = "((({c} % 1000000) + 1000000) % 1000000)"
 TO_TEXT = ("CASE WHEN typeof({c}) = 'integer' THEN"
-           " strftime('%Y-%m-%d %H:%M:%S', {c} / 1000000, 'unixepoch')"
-           " || printf('.%06d', {c} % 1000000) ELSE {c} END")
+           " strftime('%Y-%m-%d %H:%M:%S', ({c} - " + _MICROS + ") / 1000000, 'unixepoch')"
+           " || printf('.%06d', " + _MICROS + ") ELSE {c} END")
 
 
 def _convert(expression: str) -> None:

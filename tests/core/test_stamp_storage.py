@@ -3,8 +3,11 @@ turns an older warehouse's text stamps into them (and back)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sqlite3
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import command
@@ -103,3 +106,30 @@ def test_sqlite_stamps_are_integers_and_the_migration_converts_text_ones(
         assert row["_changed_at_qty"] == run_ts(wh, first.run_id)
     finally:
         wh.dispose()
+
+
+def _migration() -> ModuleType:
+    path = Path(__file__).parents[2] / "migrations" / "versions" / "0003_sqlite_integer_stamps.py"
+    spec = importlib.util.spec_from_file_location("migration_0003", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MIGRATION = _migration()
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59)))
+def test_the_migrations_sql_converts_as_the_stamp_type_does(moment: datetime) -> None:
+    """Text as SQLAlchemy stores a DATETIME on SQLite becomes the Stamp type's integer,
+    and back, before 1970 too."""
+    text = moment.strftime("%Y-%m-%d %H:%M:%S.%f").rjust(26, "0")
+    with sqlite3.connect(":memory:") as db:
+        micros = db.execute("SELECT " + MIGRATION.TO_MICROS.format(c=":v"),
+                            {"v": text}).fetchone()[0]
+        back = db.execute("SELECT " + MIGRATION.TO_TEXT.format(c=":v"),
+                          {"v": micros}).fetchone()[0]
+    db.close()
+    assert micros == stamp_micros(moment)
+    assert back == text

@@ -15,10 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import meta
-from loader.coltypes import Stamp
 from loader.errors import ConfigError
 from loader.sources.csvfile import parse_timestamp
-from loader.tracking import CHANGED_AT, DELETED_AT, require_table, stamp
+from loader.tracking import CHANGED_AT, DELETED_AT, require_table, stamp, stamp_literal
 
 DELETED = "(deleted)"
 
@@ -61,7 +60,7 @@ def changes(conn: Connection, table: str, since: datetime,
             raise ConfigError(f"table {table!r} has no tracked column {column!r}; it has "
                               f"{', '.join(definition.column_names)}")
     t = definition.table
-    at = sa.literal(since, Stamp())
+    at = stamp_literal(since)
     query = sa.select(
         *(t.c[k] for k in definition.key_names), t.c[DELETED_AT],
         *(t.c[stamp(c)] for c in wanted),

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
-from loader.coltypes import Stamp
 from loader.tracking import (
     CHANGED_AT,
     DELETED_AT,
@@ -26,6 +25,7 @@ from loader.tracking import (
     TrackedTable,
     null_safe_key,
     stamp,
+    stamp_literal,
 )
 
 ANALYZE_AFTER = 20_000
@@ -75,10 +75,6 @@ def null_safe_equal(left: sa.ColumnElement[Any], right: sa.ColumnElement[Any], t
     return null_safe_key(left, type_name) == null_safe_key(right, type_name)
 
 
-def _ts(value: datetime) -> sa.BindParameter[datetime]:
-    return sa.literal(value, Stamp())
-
-
 def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequence[str],
            run_ts: datetime, *, insert: bool = True, with_hash: bool = False,
            empty: bool = False) -> MergeCounts:
@@ -92,6 +88,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     """
     t = table.table
     s = stage
+    at = stamp_literal(run_ts)
     if not empty:
         bulk.analyze(conn, s)
     dead = t.c[DELETED_AT].is_not(None)
@@ -114,13 +111,13 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     values: dict[str, Any] = {}
     for c in columns:
         values[c] = s.c[c]
-        values[stamp(c)] = sa.case((sa.or_(dead, differs[c]), _ts(run_ts)), else_=t.c[stamp(c)])
+        values[stamp(c)] = sa.case((sa.or_(dead, differs[c]), at), else_=t.c[stamp(c)])
     others = [c for c in table.column_names if c not in columns]
     for c in others:
         # A revived row is new again: every one of its cells is stamped.
-        values[stamp(c)] = sa.case((dead, _ts(run_ts)), else_=t.c[stamp(c)])
-    values[CHANGED_AT] = sa.case((any_change, _ts(run_ts)), else_=t.c[CHANGED_AT])
-    values[LIVE_SINCE] = sa.case((dead, _ts(run_ts)), else_=t.c[LIVE_SINCE])
+        values[stamp(c)] = sa.case((dead, at), else_=t.c[stamp(c)])
+    values[CHANGED_AT] = sa.case((any_change, at), else_=t.c[CHANGED_AT])
+    values[LIVE_SINCE] = sa.case((dead, at), else_=t.c[LIVE_SINCE])
     values[DELETED_AT] = None
     condition = any_change
     if with_hash:
@@ -140,7 +137,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
         selected: list[Any] = [s.c[n] for n in names]
         stamped = [*columns, *(c for c in table.column_names if c not in columns)]
         names += [stamp(c) for c in stamped] + [CHANGED_AT, LIVE_SINCE]
-        selected += [_ts(run_ts) for _ in stamped] + [_ts(run_ts), _ts(run_ts)]
+        selected += [stamp_literal(run_ts) for _ in range(len(stamped) + 2)]
         if with_hash:
             names.append(ROW_HASH)
             selected.append(s.c[ROW_HASH])
@@ -168,7 +165,7 @@ def delete_hashes(conn: Connection, table: TrackedTable, hashes: sa.Table,
         sa.update(t)
         .where(t.c[DELETED_AT].is_(None), where,
                t.c[ROW_HASH].in_(sa.select(hashes.c[ROW_HASH])))
-        .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
+        .values({DELETED_AT: stamp_literal(run_ts), CHANGED_AT: stamp_literal(run_ts)})
     ).rowcount
 
 
@@ -184,7 +181,7 @@ def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_t
         sa.update(t)
         .where(t.c[DELETED_AT].is_(None))
         .where(~sa.exists().where(key_match(table, t, stage, conn.dialect.name)))
-        .values({DELETED_AT: _ts(run_ts), CHANGED_AT: _ts(run_ts)})
+        .values({DELETED_AT: stamp_literal(run_ts), CHANGED_AT: stamp_literal(run_ts)})
     )
     for column, value in (scope or {}).items():
         statement = statement.where(t.c[column] == value)

@@ -63,6 +63,13 @@ def stamp(column: str) -> str:
     return f"{prefix}_{digest}"
 
 
+def stamp_literal(value: datetime) -> sa.BindParameter[datetime]:
+    """``value`` (a run's timestamp, a watermark) bound as the stamp columns store it:
+    compared with or written to a stamp, it must be of their type (on SQLite an
+    integer, which text would never equal)."""
+    return sa.literal(value, Stamp())
+
+
 def check_column_name(name: str) -> str:
     """``name`` if it can be a column (quoted wherever it is used); SchemaError otherwise."""
     if not name or name != name.strip():

@@ -18,9 +18,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from loader.coltypes import Stamp, sql_type
+from loader.coltypes import sql_type
 from loader.errors import ConfigError
-from loader.tracking import CHANGED_AT, DELETED_AT, LIVE_SINCE, TrackedTable, require_table, stamp
+from loader.tracking import (
+    CHANGED_AT,
+    DELETED_AT,
+    LIVE_SINCE,
+    TrackedTable,
+    require_table,
+    stamp,
+    stamp_literal,
+)
 
 PAGE = 50_000
 # A computed join column's stored value is read under its name with this suffix.
@@ -104,7 +112,7 @@ class RowSet:
         """
         t = self.table.table
         key = [t.c[k] for k in self.table.key_names]
-        after = sa.literal(since, Stamp())
+        after = stamp_literal(since)
         own = sa.select(*key).where(
             t.c[DELETED_AT].is_(None), t.c[CHANGED_AT] > after,
             sa.or_(t.c[LIVE_SINCE] > after,
@@ -232,6 +240,6 @@ class RowSet:
         narrows the search first.
         """
         t = self.table.table
-        after = sa.literal(since, Stamp())
+        after = stamp_literal(since)
         return sa.select(*(t.c[k] for k in self.table.key_names)).where(
             t.c[CHANGED_AT] > after, t.c[DELETED_AT] > after)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from loader import bulk
 from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
-from loader.coltypes import Stamp, exact_sum, places_of, sql_type
+from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import delete_missing, key_match, upsert
 from loader.processors.base import Context, Result
@@ -33,6 +33,7 @@ from loader.tracking import (
     ensure_table,
     require_table,
     stamp,
+    stamp_literal,
 )
 
 FUNCTIONS = ("count", "sum", "min", "max")
@@ -239,8 +240,8 @@ class Aggregate:
                     t.c[DELETED_AT].is_(None),
                     sa.exists().where(key_match(target, t, groups, conn.dialect.name)),
                     ~sa.exists().where(key_match(target, t, out, conn.dialect.name)),
-                ).values({DELETED_AT: sa.literal(ctx.run_ts, Stamp()),
-                          CHANGED_AT: sa.literal(ctx.run_ts, Stamp())})
+                ).values({DELETED_AT: stamp_literal(ctx.run_ts),
+                          CHANGED_AT: stamp_literal(ctx.run_ts)})
             ).rowcount
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(groups)).scalar_one())
@@ -258,7 +259,7 @@ class Aggregate:
         groups and the few membership rows to write.
         """
         s = source.table
-        after = sa.literal(since, Stamp())
+        after = stamp_literal(since)
         keys = list(source.key_names)
         columns: list[tuple[str, Any]] = [
             *((f"k{i}", sql_type(k.type)) for i, k in enumerate(source.key)),
@@ -323,8 +324,7 @@ class Aggregate:
         query = sa.select(*(s.c[k] for k in source.key_names),
                           *(s.c[c] for c in self.group_by)).where(
             counted, ~sa.exists().where(key_match(source, members, s, conn.dialect.name)))
-        conn.execute(sa.insert(members).from_select(
-            [*source.key_names, *(f"g_{c}" for c in self.group_by)], query))
+        bulk.insert_from(conn, members, query)
         return int(conn.execute(sa.select(sa.func.count()).select_from(members)).scalar_one())
 
     def _insert_members(self, conn: Connection, source: TrackedTable,
@@ -333,9 +333,7 @@ class Aggregate:
         s = source.table
         query = sa.select(*(s.c[k] for k in source.key_names),
                           *(s.c[c] for c in self.group_by)).where(self._counted(s))
-        return int(conn.execute(sa.insert(members).from_select(
-            [*source.key_names, *(f"g_{c}" for c in self.group_by)], query),
-            execution_options={"preserve_rowcount": True}).rowcount)
+        return bulk.insert_from(conn, members, query)
 
     @staticmethod
     def _record(result: Result, target: TrackedTable, counts: Any, groups: int) -> None:

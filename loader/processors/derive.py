@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from loader import bulk
 from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
-from loader.coltypes import Stamp, converter, places_of, sql_type
+from loader.coltypes import converter, places_of, sql_type
 from loader.errors import ConfigError
 from loader.merge import upsert
 from loader.processors._select import STORED, Expression, Lookup, RowSet
@@ -38,6 +38,7 @@ from loader.tracking import (
     ensure_table,
     require_table,
     stamp,
+    stamp_literal,
 )
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -281,7 +282,7 @@ class Derive:
         fresh = self._fresh(rows, whole=True)
         live, differs = differences(fresh)
         any_differs = sa.or_(*differs.values())
-        run_ts = sa.literal(ctx.run_ts, Stamp())
+        run_ts = stamp_literal(ctx.run_ts)
         new = {name: fresh.c[_new(i)] for i, name in enumerate(outputs)}
         stamps = {stamp(name): name for name in outputs}
         values: list[sa.ColumnElement[Any]] = []

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, example, settings
 
 from loader.processors._select import RowSet
 
-from .test_sqlite_rebuild import rows
-from .test_swap import given_histories, run, states_of, write
+from .test_swap import given_histories, history, rows, run
 
 
 @contextlib.contextmanager
@@ -68,9 +67,7 @@ def test_copies_of_the_partners_give_what_the_partners_give(
     data.mkdir()
     with warehouse_on("sqlite", tmp / "plain.db") as plain, \
             warehouse_on("sqlite", tmp / "copied.db") as copied:
-        for n, (events, rates) in enumerate(states_of(first, edits)):
-            write(data, events, rates)
-            mode = "full" if n == 0 else modes[n]
+        for n, mode in history(data, first, edits, modes):
             with copies(monkeypatch, enabled=False):
                 expected = run(plain, data, mode)
             with copies(monkeypatch, enabled=True) as made:

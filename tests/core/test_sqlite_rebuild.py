@@ -12,6 +12,7 @@ the same rows, every stamp included, report the same counts, and keep the same i
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +23,13 @@ import sqlalchemy as sa
 from conftest import warehouse_on
 from hypothesis import HealthCheck, example, settings
 
-from loader import Warehouse, meta
+from loader import Warehouse
 from loader.bulk import sqlite as sqlite_bulk
 from loader.processors import derive as derive_module
 from loader.processors.aggregate import Aggregate, count, sum_of
-from loader.tracking import Col, TrackedTable, ensure_table, require_table
+from loader.tracking import Col, TrackedTable, ensure_table
 
-from .test_swap import given_histories, run, states_of, write
+from .test_swap import given_histories, history, rows, run
 
 
 @contextlib.contextmanager
@@ -63,18 +64,6 @@ def indexes(wh: Warehouse) -> dict[str, str]:
         return indexes_of(conn)
 
 
-def rows(wh: Warehouse) -> list[tuple[Any, ...]]:
-    """Every row of the physical table, stamps as the ordinal of the run that wrote them."""
-    with wh.begin() as conn:
-        ordinal = {ts: n for n, ts in enumerate(conn.execute(
-            sa.select(meta.runs.c.run_ts).order_by(meta.runs.c.run_id)).scalars())}
-        t = require_table(conn, "events").table
-        found = conn.execute(sa.select(t).order_by(t.c.part, t.c.id))
-        names = list(found.keys())
-        return [tuple((name, ordinal.get(v, v) if name.startswith("_") else v)
-                      for name, v in zip(names, row, strict=True)) for row in found]
-
-
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @example(first=({("x", "a"): ("2026-01-01T01:30:00Z", 2, "1.25"),
@@ -95,9 +84,7 @@ def test_rebuilding_the_indexes_gives_what_updating_them_gives(
     data.mkdir()
     with warehouse_on("sqlite", tmp / "kept.db") as kept, \
             warehouse_on("sqlite", tmp / "rebuilt.db") as rebuilt:
-        for n, (events, rates) in enumerate(states_of(first, edits)):
-            write(data, events, rates)
-            mode = "full" if n == 0 else modes[n]
+        for n, mode in history(data, first, edits, modes):
             with thresholds(monkeypatch, rebuild=False) as none:
                 expected = run(kept, data, mode)
             assert none == []
@@ -197,10 +184,8 @@ def test_a_whole_aggregate_reads_its_source_without_an_index(tmp_path: Path) -> 
 
 
 def test_sqlite_sessions_sort_with_helper_threads(tmp_path: Path) -> None:
-    """Every SQLite session writes ahead to a log and lets its sorts use helper threads."""
-    from loader.warehouse import SORT_THREADS
-
-    assert SORT_THREADS >= 1
+    """Every SQLite session writes ahead to a log and lets its sorts use a helper thread
+    per core, up to four (SQLite's own default is none)."""
     with warehouse_on("sqlite", tmp_path / "w.db") as wh, wh.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA threads").scalar() == SORT_THREADS
+        assert conn.exec_driver_sql("PRAGMA threads").scalar() == min(4, os.cpu_count() or 1)

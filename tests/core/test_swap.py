@@ -133,15 +133,17 @@ given_histories = given(
     modes=st.lists(st.sampled_from(["full", "refresh"]), min_size=3, max_size=3))
 
 
-def states_of(first: tuple[dict[Any, Any], dict[Any, Any]],
-              edits: list[tuple[dict[Any, Any] | None, dict[Any, Any] | None]]
-              ) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
-    """The events and rates at first and after each edit (None keeps them)."""
-    states = [first]
-    for events, rates in edits:
-        states.append((states[-1][0] if events is None else events,
-                       states[-1][1] if rates is None else rates))
-    return states
+def history(data: Path, first: tuple[dict[Any, Any], dict[Any, Any]],
+            edits: list[tuple[dict[Any, Any] | None, dict[Any, Any] | None]],
+            modes: list[str]) -> Iterator[tuple[int, str]]:
+    """Write the events and rates at first and after each edit (None keeps them) into
+    ``data``; after each, the step's number and the mode to run in (the first: full)."""
+    events, rates = first
+    for n, (new_events, new_rates) in enumerate([(None, None), *edits]):
+        events = events if new_events is None else new_events
+        rates = rates if new_rates is None else new_rates
+        write(data, events, rates)
+        yield n, "full" if n == 0 else modes[n]
 
 
 @settings(max_examples=10, deadline=None,
@@ -163,9 +165,7 @@ def test_the_swap_gives_what_updating_in_place_gives(
     data = tmp / "data"
     data.mkdir()
     with warehouse_on("postgresql", tmp) as in_place, warehouse_on("postgresql", tmp) as swap:
-        for n, (events, rates) in enumerate(states_of(first, edits)):
-            write(data, events, rates)
-            mode = "full" if n == 0 else modes[n]
+        for n, mode in history(data, first, edits, modes):
             with paths(monkeypatch, swap=False) as none:
                 expected = run(in_place, data, mode)
             assert none == []

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from loader import bulk
+from loader.bulk import postgresql as pg_bulk
 from loader.tracking import (
     CHANGED_AT,
     DELETED_AT,
@@ -75,6 +76,14 @@ def null_safe_equal(left: sa.ColumnElement[Any], right: sa.ColumnElement[Any], t
     return null_safe_key(left, type_name) == null_safe_key(right, type_name)
 
 
+def describe_key(conn: Connection, table: TrackedTable, stage: sa.Table) -> None:
+    """Before ``stage`` is analysed: have PostgreSQL count the values of the null-safe key
+    that ``key_match`` compares with ``table``'s, when that key is nullable."""
+    if table.nullable_key and conn.dialect.name == "postgresql":
+        pg_bulk.expression_statistics(
+            conn, stage, [null_safe_key(stage.c[c.name], c.type) for c in table.key])
+
+
 def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequence[str],
            run_ts: datetime, *, insert: bool = True, with_hash: bool = False,
            empty: bool = False) -> MergeCounts:
@@ -90,6 +99,7 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
     s = stage
     at = stamp_literal(run_ts)
     if not empty:
+        describe_key(conn, table, s)
         bulk.analyze(conn, s)
     dead = t.c[DELETED_AT].is_not(None)
     differs = {c: t.c[c].is_distinct_from(s.c[c]) for c in columns}

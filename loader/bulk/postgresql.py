@@ -6,6 +6,7 @@ loader parses.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,6 +230,30 @@ def planned_as_scans(conn: Connection) -> Iterator[None]:
     conn.exec_driver_sql(f"SET LOCAL random_page_cost = {SCAN_PAGE_COST}")
     yield
     conn.exec_driver_sql(f"SET LOCAL random_page_cost = {float(before)}")
+
+
+_statistics = itertools.count(1)
+
+
+def expression_statistics(conn: Connection, table: sa.Table,
+                          expressions: Sequence[sa.ColumnElement[Any]]) -> None:
+    """Have the next ANALYZE of the temporary ``table`` gather statistics of each of
+    ``expressions``; they go when the table does.
+
+    ANALYZE counts the distinct values of columns, not of expressions over them, unless
+    an index or a statistics object names the expression, and the planner guesses the
+    rest. At 1,000,000 sales, a 1% refresh matched 19,467 staged customer groups with
+    118,819 on ``coalesce(customer_id, ...)``: the planner, expecting 13.7 million rows,
+    merge-joined through a full scan of the key index. The merge's four statements took
+    0.67-0.94 s so, 0.45-0.58 s with the stage's statistics (three alternating runs).
+    """
+    if (conn.dialect.server_version_info or (0,)) < (14,):  # expression statistics: 14+
+        return
+    preparer = conn.dialect.identifier_preparer
+    for expression in expressions:
+        sql = expression.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        conn.exec_driver_sql(f"CREATE STATISTICS pg_temp._stats_{next(_statistics)} "
+                             f"ON ({sql}) FROM {preparer.quote(table.name)}")
 
 
 def estimated_rows(conn: Connection, table: str) -> float:

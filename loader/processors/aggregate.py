@@ -21,7 +21,7 @@ from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
-from loader.merge import delete_missing, key_match, upsert
+from loader.merge import delete_missing, describe_key, key_match, upsert
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
 from loader.tracking import (
@@ -231,6 +231,7 @@ class Aggregate:
             was_in = sa.select(*(moves.c[f"o{i}"] for i in range(count))).where(moves.c.was)
             conn.execute(sa.insert(groups).from_select(list(self.group_by),
                                                        sa.union(now_in, was_in)))
+            describe_key(conn, target, groups)
             bulk.analyze(conn, groups)
             out = self._stage_groups(conn, stack, target, groups, source)
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)

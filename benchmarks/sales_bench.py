@@ -61,6 +61,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks._cpu import metered
 from benchmarks._workers import workers
 from loader.salesdata import Scale, change_segments, correct_fx, edit_sales, generate
 
@@ -92,6 +93,7 @@ class Sample:
     rss_kb: int | None = None              # peak RSS of the process that ran it
     worker_rss_kb: int | None = None       # distributed runs: the largest worker process
     extract: float | None = None           # distributed runs: the extract stage
+    extract_cores: float | None = None     # distributed runs: cores busy in that stage
     changed: int | None = None             # rows (or shop rows) changed before it
     steps: dict[str, float] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
@@ -346,14 +348,19 @@ def _dt(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
-def stage_span(tasks: Sequence[Mapping[str, Any]], names: Sequence[str]) -> float:
-    """Seconds from the earliest start to the latest end of the named tasks."""
+def stage_bounds(tasks: Sequence[Mapping[str, Any]],
+                 names: Sequence[str]) -> tuple[float, float]:
+    """The earliest start and the latest end of the named tasks, in epoch seconds (the
+    history holds naive UTC times); NaN when none ended."""
     chosen = [t for t in tasks if t["task"] in names and t["ended_at"] is not None]
     if not chosen:
-        return float("nan")
-    start = min(_dt(t["started_at"]) for t in chosen)
-    end = max(_dt(t["ended_at"]) for t in chosen)
-    return (end - start).total_seconds()
+        return float("nan"), float("nan")
+
+    def epoch(value: Any) -> float:
+        return _dt(value).replace(tzinfo=UTC).timestamp()
+
+    return (min(epoch(t["started_at"]) for t in chosen),
+            max(epoch(t["ended_at"]) for t in chosen))
 
 
 def run_distributed(bench: Bench, rep: int, count: int, data: Path, pg: Postgres,
@@ -372,9 +379,10 @@ def run_distributed(bench: Bench, rep: int, count: int, data: Path, pg: Postgres
         reset_redis(client)
         with workers(environ, count, bench.work) as pids:
             pg.checkpoint()
-            result, rss = run_child(
-                [LOADER, "run", NIGHTLY, "-p", f"data_dir={data}", "--json"], env=environ,
-                timeout=bench.timeout, what=f"nightly on {count} worker(s)")
+            with metered() as meter:
+                result, rss = run_child(
+                    [LOADER, "run", NIGHTLY, "-p", f"data_dir={data}", "--json"], env=environ,
+                    timeout=bench.timeout, what=f"nightly on {count} worker(s)")
             worker_rss = max(tree_hwm_kb(pid) for pid in pids)
         if result.get("status") != "succeeded":
             raise PhaseFailed(f"nightly on {count} worker(s) failed: {result.get('error')}",
@@ -393,14 +401,19 @@ def run_distributed(bench: Bench, rep: int, count: int, data: Path, pg: Postgres
                          for t in history.task_runs(conn, int(result["run_id"]))]
         finally:
             wh.dispose()
+        start, end = stage_bounds(tasks, stages[0])
         sample = Sample("postgresql", f"workers{count}", rep, float(result["seconds"]),
-                        base.seconds, rss, worker_rss, stage_span(tasks, stages[0]),
+                        base.seconds, rss, worker_rss, end - start,
+                        None if meter is None else meter.cores_busy(start, end),
                         tasks=tasks, stages=stages, counts=loader_counts(url))
         bench.samples.append(sample)
         compare(bench, "postgresql", f"r{rep} nightly on {count} worker(s)", sample.counts,
                 base.counts)
+        cores = ("" if sample.extract_cores is None
+                 else f" with {sample.extract_cores:.2f} cores busy")
         log(f"  nightly on {count} worker(s): {sample.seconds:.2f} s, extract stage "
-            f"{sample.extract:.2f} s  (client {_mib(rss)} MiB, worker {_mib(worker_rss)} MiB)")
+            f"{sample.extract:.2f} s{cores}  (client {_mib(rss)} MiB, worker "
+            f"{_mib(worker_rss)} MiB)")
     finally:
         reset_redis(client)
         client.close()

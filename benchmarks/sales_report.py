@@ -203,6 +203,29 @@ def profile_table(found: Sequence[Sample]) -> list[str]:
     return lines
 
 
+def workers_note(bench: Bench, dialect: str) -> list[str]:
+    """How busy the machine was in the extract stage on 1 and 2 workers, and the most a
+    second worker could gain on this many cores."""
+    from benchmarks._cpu import speedup_bound
+
+    one, two = _of(bench, dialect, "workers1"), _of(bench, dialect, "workers2")
+    busy = [s.extract_cores for s in one if s.extract_cores is not None]
+    if not one or not two or not busy:
+        return []
+    cores = os.cpu_count() or 1
+    on_two = [s.extract_cores for s in two if s.extract_cores is not None]
+    median_busy = statistics.median(busy)
+    measured = (statistics.median(s.extract or float("nan") for s in one)
+                / statistics.median(s.extract or float("nan") for s in two))
+    return [f"Extract stage on {cores} cores: one worker kept a median of {median_busy:.2f} "
+            f"cores busy ({min(busy):.2f}-{max(busy):.2f}; the loader and the database "
+            "server together)"
+            + (f", two workers {statistics.median(on_two):.2f}" if on_two else "")
+            + f". With the same work spread over every core, two workers can be at most "
+            f"{speedup_bound(median_busy, cores, 2):.2f}x faster here; measured "
+            f"{measured:.2f}x (median stage on 1 worker ÷ median on 2).", ""]
+
+
 def workers_table(found: Sequence[Sample]) -> list[str]:
     """Where each task of one distributed nightly ran, and when (the median run)."""
     if not found:
@@ -316,7 +339,8 @@ def write(bench: Bench, command: str, versions: dict[str, str]) -> str:
              f"- generated in {bench.generate_seconds:.1f} s (seed {scale.seed})", "",
              "## Machine", "", *machine(), "", "## Versions", "", *version_lines(versions), ""]
     for dialect in bench.args.dialects:
-        lines += [f"## {DIALECT_NAMES[dialect]}: seconds", "", *timing_table(bench, dialect), ""]
+        lines += [f"## {DIALECT_NAMES[dialect]}: seconds", "", *timing_table(bench, dialect), "",
+                  *workers_note(bench, dialect)]
     lines += ["Ratios are ours ÷ the baseline run on the same data just before it, pair by "
               "pair (the nightly runs, the no-op refresh and the worker runs pair with the "
               "baseline on the pristine data; the nightly over a correct warehouse with the "

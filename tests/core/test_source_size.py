@@ -22,9 +22,24 @@ def digests(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     seen: list[bool] = []
     original = csv_extract._file_digest
 
-    def spy(path: Path) -> Any:
+    def spy(path: Path, **options: Any) -> Any:
         seen.append(threading.current_thread() is threading.main_thread())
-        return original(path)
+        return original(path, **options)
+
+    monkeypatch.setattr(csv_extract, "_file_digest", spy)
+    return seen
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each file digest computed: whether it counted the file's lines."""
+    seen: list[bool] = []
+    original = csv_extract._file_digest
+
+    def spy(path: Path, count_lines: bool = True) -> Any:
+        found = original(path, count_lines=count_lines)
+        seen.append(found.line_feeds is not None)
+        return found
 
     monkeypatch.setattr(csv_extract, "_file_digest", spy)
     return seen
@@ -51,9 +66,11 @@ def test_a_file_of_another_size_is_hashed_beside_the_stored_hashes(
     assert digests == [True, False] and sizes(warehouse) == [len(grown)]
     same_size = "id,v\n1,a\n2,xy\n4,e\n"
     assert run(warehouse, tmp_path, same_size).status == "succeeded"
-    assert digests == [True, False, True]
+    # Hashed without counting lines, found changed, then read again counting them.
+    assert digests == [True, False, True, True]
     unchanged = run(warehouse, tmp_path, same_size)
     assert unchanged.results["items_csv"].details["unchanged"] == ["items_a.csv"]
+    assert digests == [True, False, True, True, True]
 
     dialect = warehouse.engine.dialect.name
     with new_warehouse(dialect, tmp_path) as fresh:
@@ -74,6 +91,21 @@ def test_a_nul_in_a_file_of_another_size_fails_naming_its_line(
     assert state(warehouse) == before
 
 
+def test_a_nul_in_a_changed_file_of_the_same_size_fails_naming_its_line(
+        warehouse: Warehouse, tmp_path: Path, counted: list[bool]) -> None:
+    """A file of the same size is hashed without counting its lines; once found changed,
+    it is counted, and a NUL fails it as in any other file."""
+    assert run(warehouse, tmp_path, "id,v\n1,a\n2,b\n").status == "succeeded"
+    before = state(warehouse)
+    assert run(warehouse, tmp_path, "id,v\n1,a\n2,b\n").status == "succeeded"
+    assert counted == [True, False]  # the unchanged file: hashed, not counted
+    outcome = run(warehouse, tmp_path, "id,v\n1,a\n2,\x00\n")
+    assert counted == [True, False, False, True]
+    assert outcome.status == "failed"
+    assert "items_a.csv" in (outcome.error or "") and "line 3" in (outcome.error or "")
+    assert state(warehouse) == before
+
+
 def test_a_load_recorded_without_a_size_reloads_and_records_it(
         warehouse: Warehouse, tmp_path: Path, digests: list[bool]) -> None:
     """Loads recorded before the size was (migration 0002) take the ordinary path."""
@@ -81,7 +113,7 @@ def test_a_load_recorded_without_a_size_reloads_and_records_it(
     with warehouse.begin() as conn:
         conn.execute(sa.text("UPDATE loader_sources SET size = NULL"))
     assert run(warehouse, tmp_path, "id,v\n1,a\n2,b\n").status == "succeeded"
-    assert digests == [True, True]
+    assert digests == [True, True, True]  # on this thread: hashed, then counted
     assert sizes(warehouse) == [len("id,v\n1,a\n2,b\n")]
     assert state(warehouse)[0] == [("a", "1", "a"), ("a", "2", "b")]
 

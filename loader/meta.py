@@ -99,6 +99,9 @@ sources = sa.Table(
     sa.Column("header", sa.Text),
     sa.Column("run_id", sa.Integer),
     sa.Column("loaded_at", sa.DateTime, nullable=False),
+    # The row hashes of the partition's live rows after the load, 8 bytes each (big-endian);
+    # NULL when not kept (a first load, or loads before migration 0004).
+    sa.Column("row_hashes", sa.LargeBinary),
 )
 
 rejects = sa.Table(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import array
 import hashlib
 import re
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -309,15 +310,21 @@ class CsvSnapshot:
         """Load one file, unless it is unchanged; True for the first load of its
         partition, which leaves the table to be analysed."""
         s = meta.sources
-        previous = conn.execute(sa.select(s.c.content_hash, s.c.size).where(
+        previous = conn.execute(sa.select(s.c.content_hash, s.c.size, s.c.partition,
+                                          s.c.row_hashes).where(
             s.c.processor == self.name, s.c.source == path.name)).first()
-        stored = None
+        # A refresh takes the live rows' hashes as the last load of the file left them; a
+        # full run reads them from the table, which it trusts over what was kept.
+        kept = None if ctx.full or previous is None or previous.partition != value \
+            else previous.row_hashes
+        stored = None if kept is None else csv_copy.hashes_from_bytes(kept)
         if previous is not None and previous.size not in (None, path.stat().st_size):
             # A file of another size has changed: its stored hashes are read while the
             # file is hashed on another thread (hashlib lets go of the GIL).
             with ThreadPoolExecutor(1) as pool:
                 digesting = pool.submit(_file_digest, path)
-                stored = self._stored_hashes(conn, value)
+                if stored is None:
+                    stored = self._stored_hashes(conn, value)
                 found = digesting.result()
         else:
             # Lines are counted in this pass only for a file that loads whatever its hash.
@@ -362,10 +369,14 @@ class CsvSnapshot:
                 {"source": path.name, "line": r[0], "reason": r[1], "raw": r[2],
                  "run_id": ctx.run_id, "rejected_at": ctx.run_ts} for r in rejects])
         conn.execute(s.delete().where(s.c.processor == self.name, s.c.source == path.name))
+        # Hashes kept by a load of another file of this partition (named in another case)
+        # no longer describe its rows.
+        conn.execute(s.update().where(s.c.processor == self.name, s.c.partition == value,
+                                      s.c.row_hashes.is_not(None)).values(row_hashes=None))
         conn.execute(s.insert().values(processor=self.name, source=path.name, partition=value,
                                        content_hash=found.content, size=found.size,
                                        header=header.raw, run_id=ctx.run_id,
-                                       loaded_at=ctx.run_ts))
+                                       loaded_at=ctx.run_ts, row_hashes=loader.live))
         return first_load
 
     def _stored_hashes(self, conn: Connection, value: str) -> csv_copy.HashSet:
@@ -443,6 +454,10 @@ class _FileLoad:
     _matched: array.array[int] = field(default_factory=lambda: array.array("q"))
     _matched_at: array.array[int] = field(default_factory=lambda: array.array("q"))
     _raws: dict[int, str] = field(default_factory=dict)  # the text of parsed records
+    # Matched hashes whose key a staged record took over (it came first in the file).
+    _replaced: set[int] = field(default_factory=set)
+    # After a reload: the hashes of the partition's live rows, as ``kept_hashes`` packs them.
+    live: bytes | None = None
 
     def load(self, conn: Connection, ctx: Context, salt: bytes, stored: csv_copy.HashSet,
              ) -> tuple[MergeCounts, list[tuple[int, str, str]], int, bool]:
@@ -486,6 +501,12 @@ class _FileLoad:
             # ``stored`` now holds the hashes no record matched: rows changed or gone.
             restaged = self._unchanged_duplicates(conn, staged, stored)
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
+            # The live rows now: those of the records that matched (but for keys a staged
+            # record took over), and every staged record, merged.
+            self.live = kept_hashes(
+                (h for h in self._matched if h not in self._replaced) if self._replaced
+                else self._matched,
+                conn.execute(sa.select(staged.c[ROW_HASH])).scalars())
         if len(stored) > restaged:
             # The merge gave every restaged row its new hash: rows that still have an
             # unmatched hash are no longer in the file.
@@ -532,6 +553,7 @@ class _FileLoad:
                     for k in key)))
             else:
                 self._reject(unchanged, self._raw(unchanged), "duplicate_key")
+                self._replaced.add(digest)
         return restaged
 
     def _matched_lines(self, digests: set[int]) -> dict[int, int]:
@@ -781,6 +803,17 @@ def _stored_hashes(conn: Connection, column: sa.ColumnElement[Any],
     with driver.cursor(binary=True) as cursor:
         found = cursor.execute(str(compiled), compiled.params).fetchone()
     return csv_copy.hashes_from_bytes(found[0] or b"")
+
+
+def kept_hashes(*parts: Iterable[int]) -> bytes:
+    """Row hashes packed as ``csv_copy.hashes_from_bytes`` reads them: 8 bytes each,
+    big-endian, as PostgreSQL's ``int8send`` gives them."""
+    packed = array.array("q")
+    for part in parts:
+        packed.extend(part)
+    if sys.byteorder == "little":
+        packed.byteswap()
+    return packed.tobytes()
 
 
 def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:

@@ -44,6 +44,24 @@ def state(wh: Warehouse) -> tuple[list[Any], list[Any]]:
     return [tuple(r) for r in rows], [tuple(r) for r in rejects]
 
 
+def kept(wh: Warehouse, source: str = "items_a.csv") -> set[int] | None:
+    """The row hashes the last load of ``source`` kept, if it kept any."""
+    from loader.processors import csv_copy
+
+    with wh.begin() as conn:
+        data = conn.execute(sa.text("SELECT row_hashes FROM loader_sources WHERE source = :s"),
+                            {"s": source}).scalar_one()
+    return None if data is None else set(csv_copy.hashes_from_bytes(bytes(data)))
+
+
+def live(wh: Warehouse) -> set[int]:
+    """The row hashes of the live rows of partition ``a``."""
+    with wh.begin() as conn:
+        return set(conn.execute(sa.text(
+            "SELECT _row_hash FROM items_tracked WHERE p = 'a' AND _deleted_at IS NULL"
+        )).scalars())
+
+
 def load(wh: Warehouse, directory: Path, lines: list[str]) -> None:
     (directory / "items_a.csv").write_text("id,v\n" + "".join(f"{x}\n" for x in lines))
     outcome = run_sequence(wh, [extract()], params={"data_dir": str(directory)})
@@ -70,6 +88,7 @@ def check_reloads(dialect: str, base: Path, files: list[list[str]]) -> None:
     with new_warehouse(dialect, base) as wh:
         for lines in files:
             load(wh, here, lines)
+            assert kept(wh) in (None, live(wh)), lines
             fresh = base / f"d{next(_dirs)}"
             fresh.mkdir()
             with new_warehouse(dialect, base) as first:

@@ -88,7 +88,8 @@ def load(conn: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> in
     return count
 
 
-def insert_from(conn: Connection, table: sa.Table, query: sa.Select[Any]) -> int:
+def insert_from(conn: Connection, table: sa.Table,
+                query: sa.Select[Any] | sa.CompoundSelect[Any]) -> int:
     """INSERT ... SELECT ``query`` into ``table``; returns the number of rows."""
     return conn.execute(sa.insert(table).from_select([c.name for c in table.columns], query),
                         execution_options={"preserve_rowcount": True}).rowcount

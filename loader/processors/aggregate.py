@@ -235,18 +235,37 @@ class Aggregate:
             bulk.analyze(conn, groups)
             out = self._stage_groups(conn, stack, target, groups, source)
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
-            t = target.table
-            counts.deleted = conn.execute(
-                sa.update(t).where(
-                    t.c[DELETED_AT].is_(None),
-                    sa.exists().where(key_match(target, t, groups, conn.dialect.name)),
-                    ~sa.exists().where(key_match(target, t, out, conn.dialect.name)),
-                ).values({DELETED_AT: stamp_literal(ctx.run_ts),
-                          CHANGED_AT: stamp_literal(ctx.run_ts)})
-            ).rowcount
+            counts.deleted = self._delete_emptied(conn, stack, ctx, target, groups, out)
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(groups)).scalar_one())
             self._move_members(conn, source, members, moves)
+
+    def _delete_emptied(self, conn: Connection, stack: ExitStack, ctx: Context,
+                        target: TrackedTable, groups: sa.Table, out: sa.Table) -> int:
+        """Soft-delete the touched groups left with no row; returns how many.
+
+        They are found among the stages first (EXCEPT matches NULL with NULL), then
+        looked up in the target. PostgreSQL, asked for target rows matching the touched
+        groups but none rebuilt, expected one row from the anti-join where 120,000
+        came, and nested a loop over the touched groups inside it: a 10% refresh at
+        1,000,000 sales ran for minutes.
+        """
+        names = list(self.group_by)
+        emptied = stack.enter_context(bulk.stage(
+            conn, f"{self.name}_emptied", [(c, groups.c[c].type) for c in names], key=names))
+        if not bulk.insert_from(conn, emptied, sa.select(*(groups.c[c] for c in names))
+                                .except_(sa.select(*(out.c[c] for c in names)))):
+            return 0
+        describe_key(conn, target, emptied)
+        bulk.analyze(conn, emptied)
+        t = target.table
+        return int(conn.execute(
+            sa.update(t).where(
+                t.c[DELETED_AT].is_(None),
+                sa.exists().where(key_match(target, t, emptied, conn.dialect.name)),
+            ).values({DELETED_AT: stamp_literal(ctx.run_ts),
+                      CHANGED_AT: stamp_literal(ctx.run_ts)})
+        ).rowcount)
 
     def _stage_moves(self, conn: Connection, stack: ExitStack, source: TrackedTable,
                      members: sa.Table, since: datetime) -> sa.Table:

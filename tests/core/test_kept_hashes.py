@@ -29,6 +29,16 @@ def run(wh: Warehouse, directory: Path, mode: str = "refresh") -> Any:
     return outcome
 
 
+def assert_as_first_load(wh: Warehouse, tmp_path: Path, lines: list[str]) -> None:
+    """``wh`` holds what a new warehouse holds after loading only ``lines``."""
+    with new_warehouse(wh.engine.dialect.name, tmp_path) as fresh:
+        other = tmp_path / "fresh"
+        other.mkdir()
+        write(other, "items_a.csv", lines)
+        run(fresh, other)
+        assert state(wh) == state(fresh)
+
+
 @pytest.fixture
 def table_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per read of stored hashes from the table."""
@@ -59,12 +69,7 @@ def test_a_refresh_takes_the_kept_hashes_and_a_full_run_reads_the_table(
     run(warehouse, tmp_path, mode="full")
     assert len(table_reads) == 2
     assert kept(warehouse, "items_a.csv") == live(warehouse)
-    with new_warehouse(warehouse.engine.dialect.name, tmp_path) as fresh:
-        other = tmp_path / "fresh"
-        other.mkdir()
-        write(other, "items_a.csv", ["1,a", "2,y", "5,e", "5,f", "3,c"])
-        run(fresh, other)
-        assert state(warehouse) == state(fresh)
+    assert_as_first_load(warehouse, tmp_path, ["1,a", "2,y", "5,e", "5,f", "3,c"])
 
 
 def test_a_stored_line_that_loses_its_key_to_an_earlier_one_leaves_the_kept_hashes(
@@ -98,12 +103,7 @@ def test_a_partition_loaded_from_a_file_named_in_another_case_drops_the_kept_has
     write(tmp_path, "items_a.csv", ["1,x", "2,c"])
     run(warehouse, tmp_path)
     assert kept(warehouse, "items_a.csv") == live(warehouse)
-    with new_warehouse(warehouse.engine.dialect.name, tmp_path) as fresh:
-        other = tmp_path / "fresh"
-        other.mkdir()
-        write(other, "items_a.csv", ["1,x", "2,c"])
-        run(fresh, other)
-        assert state(warehouse) == state(fresh)
+    assert_as_first_load(warehouse, tmp_path, ["1,x", "2,c"])
 
 
 def test_loads_recorded_before_migration_0004_read_the_table_once(
@@ -134,9 +134,4 @@ def test_loads_recorded_before_migration_0004_read_the_table_once(
     run(warehouse, tmp_path)
     assert len(table_reads) == 2
     assert kept(warehouse) == live(warehouse)
-    with new_warehouse(warehouse.engine.dialect.name, tmp_path) as fresh:
-        other = tmp_path / "fresh"
-        other.mkdir()
-        write(other, "items_a.csv", ["2,c", "3,d"])
-        run(fresh, other)
-        assert state(warehouse) == state(fresh)
+    assert_as_first_load(warehouse, tmp_path, ["2,c", "3,d"])

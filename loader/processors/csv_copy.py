@@ -52,6 +52,16 @@ def hashes(values: Iterable[int] = ()) -> HashSet:
     return set(values) if _fastcsv is None else _fastcsv.Hashes(values)
 
 
+def hashes_to_bytes(*parts: Iterable[int]) -> bytes:
+    """The hashes of ``parts``, one after another, as :func:`hashes_from_bytes` reads them."""
+    packed = array.array("q")
+    for part in parts:
+        packed.extend(part)
+    if sys.byteorder == "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
 def hashes_from_bytes(data: bytes) -> HashSet:
     """The hashes in ``data``, 8 bytes each, big-endian (PostgreSQL's ``int8send``)."""
     if _fastcsv is None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import array
 import hashlib
 import re
-import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -310,21 +309,15 @@ class CsvSnapshot:
         """Load one file, unless it is unchanged; True for the first load of its
         partition, which leaves the table to be analysed."""
         s = meta.sources
-        previous = conn.execute(sa.select(s.c.content_hash, s.c.size, s.c.partition,
-                                          s.c.row_hashes).where(
+        previous = conn.execute(sa.select(s.c.content_hash, s.c.size).where(
             s.c.processor == self.name, s.c.source == path.name)).first()
-        # A refresh takes the live rows' hashes as the last load of the file left them; a
-        # full run reads them from the table, which it trusts over what was kept.
-        kept = None if ctx.full or previous is None or previous.partition != value \
-            else previous.row_hashes
-        stored = None if kept is None else csv_copy.hashes_from_bytes(kept)
+        stored = None
         if previous is not None and previous.size not in (None, path.stat().st_size):
             # A file of another size has changed: its stored hashes are read while the
             # file is hashed on another thread (hashlib lets go of the GIL).
             with ThreadPoolExecutor(1) as pool:
                 digesting = pool.submit(_file_digest, path)
-                if stored is None:
-                    stored = self._stored_hashes(conn, value)
+                stored = self._stored_hashes(conn, ctx, path, value)
                 found = digesting.result()
         else:
             # Lines are counted in this pass only for a file that loads whatever its hash.
@@ -339,7 +332,7 @@ class CsvSnapshot:
             # Like bad UTF-8, a file error: text columns (on PostgreSQL) cannot hold it.
             raise CsvFormatError(path, found.nul_line, "a NUL character is not text")
         if stored is None:
-            stored = self._stored_hashes(conn, value)
+            stored = self._stored_hashes(conn, ctx, path, value)
         with closing(iter_raw(path)) as records:
             first = next(records, None)
         header = None if first is None else Record(first[0], first[1], split_fields(first[1]))
@@ -379,9 +372,21 @@ class CsvSnapshot:
                                        loaded_at=ctx.run_ts, row_hashes=loader.live))
         return first_load
 
-    def _stored_hashes(self, conn: Connection, value: str) -> csv_copy.HashSet:
+    def _stored_hashes(self, conn: Connection, ctx: Context, path: Path,
+                       value: str) -> csv_copy.HashSet:
         """The hashes of the live rows of partition ``value`` (none before the table
-        exists)."""
+        exists).
+
+        A refresh takes them as the last load of ``path`` kept them, when it did; a full
+        run reads them from the table, which it trusts over what was kept.
+        """
+        if not ctx.full:
+            s = meta.sources
+            kept = conn.execute(sa.select(s.c.row_hashes).where(
+                s.c.processor == self.name, s.c.source == path.name,
+                s.c.partition == value)).scalar()
+            if kept is not None:
+                return csv_copy.hashes_from_bytes(kept)
         table = load_table(conn, self.table)
         if table is None:
             return csv_copy.hashes()
@@ -456,7 +461,8 @@ class _FileLoad:
     _raws: dict[int, str] = field(default_factory=dict)  # the text of parsed records
     # Matched hashes whose key a staged record took over (it came first in the file).
     _replaced: set[int] = field(default_factory=set)
-    # After a reload: the hashes of the partition's live rows, as ``kept_hashes`` packs them.
+    # After a reload: the hashes of the partition's live rows, packed as
+    # ``csv_copy.hashes_to_bytes`` packs them.
     live: bytes | None = None
 
     def load(self, conn: Connection, ctx: Context, salt: bytes, stored: csv_copy.HashSet,
@@ -503,7 +509,7 @@ class _FileLoad:
             counts = upsert(conn, self.table, staged, data, ctx.run_ts, with_hash=True)
             # The live rows now: those of the records that matched (but for keys a staged
             # record took over), and every staged record, merged.
-            self.live = kept_hashes(
+            self.live = csv_copy.hashes_to_bytes(
                 (h for h in self._matched if h not in self._replaced) if self._replaced
                 else self._matched,
                 conn.execute(sa.select(staged.c[ROW_HASH])).scalars())
@@ -803,17 +809,6 @@ def _stored_hashes(conn: Connection, column: sa.ColumnElement[Any],
     with driver.cursor(binary=True) as cursor:
         found = cursor.execute(str(compiled), compiled.params).fetchone()
     return csv_copy.hashes_from_bytes(found[0] or b"")
-
-
-def kept_hashes(*parts: Iterable[int]) -> bytes:
-    """Row hashes packed as ``csv_copy.hashes_from_bytes`` reads them: 8 bytes each,
-    big-endian, as PostgreSQL's ``int8send`` gives them."""
-    packed = array.array("q")
-    for part in parts:
-        packed.extend(part)
-    if sys.byteorder == "little":
-        packed.byteswap()
-    return packed.tobytes()
 
 
 def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:

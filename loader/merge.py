@@ -175,7 +175,7 @@ def delete_hashes(conn: Connection, table: TrackedTable, hashes: sa.Table,
         sa.update(t)
         .where(t.c[DELETED_AT].is_(None), where,
                t.c[ROW_HASH].in_(sa.select(hashes.c[ROW_HASH])))
-        .values({DELETED_AT: stamp_literal(run_ts), CHANGED_AT: stamp_literal(run_ts)})
+        .values(dict.fromkeys((DELETED_AT, CHANGED_AT), stamp_literal(run_ts)))
     ).rowcount
 
 
@@ -191,7 +191,7 @@ def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_t
         sa.update(t)
         .where(t.c[DELETED_AT].is_(None))
         .where(~sa.exists().where(key_match(table, t, stage, conn.dialect.name)))
-        .values({DELETED_AT: stamp_literal(run_ts), CHANGED_AT: stamp_literal(run_ts)})
+        .values(dict.fromkeys((DELETED_AT, CHANGED_AT), stamp_literal(run_ts)))
     )
     for column, value in (scope or {}).items():
         statement = statement.where(t.c[column] == value)

@@ -231,7 +231,6 @@ class Aggregate:
             was_in = sa.select(*(moves.c[f"o{i}"] for i in range(count))).where(moves.c.was)
             conn.execute(sa.insert(groups).from_select(list(self.group_by),
                                                        sa.union(now_in, was_in)))
-            describe_key(conn, target, groups)
             bulk.analyze(conn, groups)
             out = self._stage_groups(conn, stack, target, groups, source)
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
@@ -259,12 +258,12 @@ class Aggregate:
         describe_key(conn, target, emptied)
         bulk.analyze(conn, emptied)
         t = target.table
+        at = stamp_literal(ctx.run_ts)
         return int(conn.execute(
             sa.update(t).where(
                 t.c[DELETED_AT].is_(None),
                 sa.exists().where(key_match(target, t, emptied, conn.dialect.name)),
-            ).values({DELETED_AT: stamp_literal(ctx.run_ts),
-                      CHANGED_AT: stamp_literal(ctx.run_ts)})
+            ).values({DELETED_AT: at, CHANGED_AT: at})
         ).rowcount)
 
     def _stage_moves(self, conn: Connection, stack: ExitStack, source: TrackedTable,

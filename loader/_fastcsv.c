@@ -843,6 +843,42 @@ static int put_int64(Buffer *b, int64_t value) {
     return 0;
 }
 
+/* Records matched without the GIL at a time, at most: room reserved for their hashes. */
+#define MATCHED_RUN 4096
+
+/* Take, from ``*pos`` on, the lines that are plain unquoted records matching a stored
+ * hash (most lines of a reload), up to ``room`` of them; returns how many. Touches no
+ * Python object, so the caller lets go of the GIL around it: two files hash side by
+ * side on two cores. It stops before the first line that needs more than that (a
+ * quote, a NUL, bad UTF-8, a hash not stored, no line feed), which the caller takes
+ * as before; blank lines are passed over. */
+static Py_ssize_t take_matched(Scanner *self, Hashes *stored, const uint8_t *data,
+                               Py_ssize_t size, Py_ssize_t *pos, Py_ssize_t *line,
+                               Py_ssize_t room) {
+    Py_ssize_t taken = 0;
+    while (taken < room && *pos < size && stored->count) {
+        const uint8_t *start = data + *pos;
+        const uint8_t *nl = memchr(start, '\n', (size_t)(size - *pos));
+        if (nl == NULL) break;
+        Py_ssize_t n = nl - start, next = *pos + n + 1;
+        if (n > 0 && start[n - 1] == '\r') n--;
+        if (n > 0) {
+            if (memchr(start, '"', (size_t)n) != NULL || memchr(start, 0, (size_t)n) != NULL ||
+                (!ascii_only(start, n) && !utf8_ok(start, n)))
+                break;
+            int64_t digest = blake2b_record(self->hash_start, start, (size_t)n);
+            if (!hashes_discard(stored, digest)) break;
+            int64_t at = *line + 1;
+            put(&self->matched, &digest, 8);
+            put(&self->matched_at, &at, 8);
+            taken++;
+        }
+        *pos = next;
+        (*line)++;
+    }
+    return taken;
+}
+
 static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t pos, line;
@@ -862,6 +898,20 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
         goto done;
     }
     while (pos < size) {
+        if (self->stored->count) {
+            if (buffer_reserve(&self->matched, 8 * MATCHED_RUN) < 0 ||
+                buffer_reserve(&self->matched_at, 8 * MATCHED_RUN) < 0)
+                goto done;
+            Hashes *stored = self->stored;
+            Py_ssize_t taken;
+            Py_INCREF(stored);
+            Py_BEGIN_ALLOW_THREADS
+            taken = take_matched(self, stored, data, size, &pos, &line, MATCHED_RUN);
+            Py_END_ALLOW_THREADS
+            Py_DECREF(stored);
+            read += taken;
+            if (taken == MATCHED_RUN || pos >= size) continue;
+        }
         const uint8_t *start = data + pos;
         const uint8_t *nl = memchr(start, '\n', size - pos);
         if (nl == NULL) break;

@@ -302,6 +302,29 @@ def test_a_stored_hash_is_matched_before_anything_else() -> None:
     assert text.decode() == python_text(other)
 
 
+def test_runs_of_stored_records_are_matched_as_one_by_one() -> None:
+    """Runs of stored records longer than the scanner takes at a time, with blank lines,
+    CRLF, a quoted record, new records and a record stored twice among them: each stored
+    record is matched once, in order, with its line; the others are written."""
+    lines = [f"k{i},2024-03-01,{i},,,,n{i}" for i in range(10_000)]
+    lines[3] = ""
+    lines[5000] = 'k5000,2024-03-01,1,,,,"quoted, stored"'
+    lines[9000] = lines[8999]  # stored once: the second is written, for the merge to find
+    new = {7, 4096, 4097, 9000, 9999}
+    stored = csv_copy.hashes(record_hash(raw, SALT)
+                             for i, raw in enumerate(lines) if raw and i not in new)
+    ends = ["\r\n" if i % 3 == 0 else "\n" for i in range(len(lines))]
+    data = "".join(raw + end for raw, end in zip(lines, ends, strict=True)).encode()
+    pos, count, read, written, text, matched, matched_at = scanner(stored).scan(data, 0, 0)
+    expected = [(record_hash(raw, SALT), i + 1) for i, raw in enumerate(lines)
+                if raw and i not in new]
+    assert list(zip(array.array("q", matched), array.array("q", matched_at),
+                    strict=True)) == expected
+    assert (pos, count, read, written) == (len(data), len(lines), len(expected) + 5, 5)
+    assert text.decode() == "".join(python_text(lines[i]) or "" for i in sorted(new))
+    assert len(stored) == 0
+
+
 def test_a_scanner_needs_its_state() -> None:
     """Bad arguments are errors, not crashes: an uninitialised scanner, a plain set for
     the stored hashes, a position outside the data."""

@@ -431,6 +431,13 @@ static PyObject *Hashes_from_bytes(PyObject *cls, PyObject *arg) {
     }
     h = (Hashes *)PyObject_CallNoArgs(cls);
     if (h == NULL) goto done;
+    /* Room for them all at once, as ``hashes_add`` would grow it: no rehashing. */
+    Py_ssize_t capacity = 1024;
+    while (capacity < (view.len / 8 + 1) * 3) capacity *= 2;
+    if (capacity > h->capacity && hashes_resize(h, capacity) < 0) {
+        Py_CLEAR(h);
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < view.len; i += 8) {
         uint64_t v = (uint64_t)be32(p + i) << 32 | be32(p + i + 4);
         if (hashes_add(h, (int64_t)v) < 0) {

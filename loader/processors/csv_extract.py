@@ -382,9 +382,9 @@ class CsvSnapshot:
         """
         if not ctx.full:
             s = meta.sources
-            kept = conn.execute(sa.select(s.c.row_hashes).where(
+            kept = _bytes_value(conn, sa.select(s.c.row_hashes).where(
                 s.c.processor == self.name, s.c.source == path.name,
-                s.c.partition == value)).scalar()
+                s.c.partition == value))
             if kept is not None:
                 return csv_copy.hashes_from_bytes(kept)
         table = load_table(conn, self.table)
@@ -801,14 +801,25 @@ def _stored_hashes(conn: Connection, column: sa.ColumnElement[Any],
         assert driver is not None
         with closing(driver.cursor()) as cursor:
             return csv_copy.hashes(map(itemgetter(0), cursor.execute(str(compiled), params)))
-    query = sa.select(sa.func.string_agg(sa.func.int8send(column),
-                                         sa.literal(b"", sa.LargeBinary))).where(*where)
+    return csv_copy.hashes_from_bytes(_bytes_value(conn, sa.select(sa.func.string_agg(
+        sa.func.int8send(column), sa.literal(b"", sa.LargeBinary))).where(*where)) or b"")
+
+
+def _bytes_value(conn: Connection, query: sa.Select[Any]) -> bytes | None:
+    """The one bytes value ``query`` selects (None for no row or NULL).
+
+    On PostgreSQL it comes through a binary cursor: as text, bytea doubles in size and
+    the kept hashes of 250,000 rows (2 MB) took 12-18 ms to fetch instead of 2.5 ms.
+    """
+    if conn.dialect.name != "postgresql":
+        found = conn.execute(query).scalar()
+        return None if found is None else bytes(found)
     compiled = query.compile(dialect=conn.dialect)
     driver = conn.connection.driver_connection
     assert driver is not None
     with driver.cursor(binary=True) as cursor:
-        found = cursor.execute(str(compiled), compiled.params).fetchone()
-    return csv_copy.hashes_from_bytes(found[0] or b"")
+        row = cursor.execute(str(compiled), compiled.params).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
 
 
 def _direct_target(table: TrackedTable, names: list[str]) -> sa.Table:

@@ -72,6 +72,28 @@ def test_a_refresh_takes_the_kept_hashes_and_a_full_run_reads_the_table(
     assert_as_first_load(warehouse, tmp_path, ["1,a", "2,y", "5,e", "5,f", "3,c"])
 
 
+def test_an_unchanged_file_reads_no_stored_hashes(warehouse: Warehouse, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh reads a file's stored hashes (kept or from the table) only once the file
+    is known to have changed: an unchanged file costs its digest alone."""
+    asked: list[str] = []
+    original = csv_extract.CsvSnapshot._stored_hashes
+
+    def spy(self: Any, conn: Any, ctx: Any, path: Path, value: str) -> Any:
+        asked.append(path.name)
+        return original(self, conn, ctx, path, value)
+
+    monkeypatch.setattr(csv_extract.CsvSnapshot, "_stored_hashes", spy)
+    write(tmp_path, "items_a.csv", ["1,a", "2,b"])
+    run(warehouse, tmp_path)
+    write(tmp_path, "items_a.csv", ["1,a", "2,c"])
+    run(warehouse, tmp_path)
+    assert asked == ["items_a.csv"] * 2 and kept(warehouse, "items_a.csv") is not None
+    outcome = run(warehouse, tmp_path)
+    assert asked == ["items_a.csv"] * 2
+    assert outcome.results[extract().name].details.get("unchanged") == ["items_a.csv"]
+
+
 def test_a_stored_line_that_loses_its_key_to_an_earlier_one_leaves_the_kept_hashes(
         warehouse: Warehouse, tmp_path: Path) -> None:
     """An unchanged line after a changed line of its key is a duplicate: the key's row

@@ -276,6 +276,10 @@ class Aggregate:
         names are positional, so no column of the source can clash with them. One
         pass over the changed rows and their membership gives both the touched
         groups and the few membership rows to write.
+
+        A row whose stamps say it stayed (live throughout, no group or ``not_null``
+        column changed) counts in the same group as before: its membership is not
+        looked up. At 1,000,000 sales, most rows of a 1% edit change a measure only.
         """
         s = source.table
         after = stamp_literal(since)
@@ -285,23 +289,32 @@ class Aggregate:
             *((f"n{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
             *((f"o{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
             ("now", sa.Boolean()), ("was", sa.Boolean()), ("moved", sa.Boolean())]
+        names = [n for n, _ in columns]
         moves = stack.enter_context(bulk.stage(
             conn, f"{self.name}_moves", columns, key=[f"k{i}" for i in range(len(keys))]))
-        m = members
+        changed = (s.c[CHANGED_AT] > after,
+                   sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
+                          *(s.c[stamp(c)] > after for c in self.inputs if c not in keys)))
+        # Never NULL, so that every changed row is in exactly one of the two selects.
+        stayed = sa.and_(s.c[DELETED_AT].is_(None), s.c[LIVE_SINCE] <= after, *(
+            sa.and_(s.c[stamp(c)].is_not(None), s.c[stamp(c)] <= after)
+            for c in dict.fromkeys(self.group_by + self.not_null) if c not in keys))
         counted = self._counted(s)
+        same_group = [s.c[c] for c in self.group_by]
+        conn.execute(sa.insert(moves).from_select(names, sa.select(
+            *(s.c[k] for k in keys), *same_group, *same_group,
+            sa.true(), sa.true(), sa.false(),
+        ).where(*changed, stayed, counted)))
+        m = members
         was = m.c[keys[0]].is_not(None)
         moved = sa.and_(counted, was, sa.or_(*(
             m.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
-        query = sa.select(
-            *(s.c[k] for k in keys), *(s.c[c] for c in self.group_by),
+        conn.execute(sa.insert(moves).from_select(names, sa.select(
+            *(s.c[k] for k in keys), *same_group,
             *(m.c[f"g_{c}"] for c in self.group_by),
             counted, was, moved,
         ).select_from(s.outerjoin(m, sa.and_(*(m.c[k] == s.c[k] for k in keys)))).where(
-            s.c[CHANGED_AT] > after,
-            sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
-                   *(s.c[stamp(c)] > after for c in self.inputs if c not in keys)),
-        )
-        conn.execute(sa.insert(moves).from_select([n for n, _ in columns], query))
+            *changed, sa.not_(stayed))))
         bulk.analyze(conn, moves)
         return moves
 

@@ -351,11 +351,11 @@ class Derive:
             sa.or_(*(t.c[c.name].is_distinct_from(computed[c.name]) for c in self.outputs)))
         staged = bulk.insert_from(rows.conn, out, query)
         # Each lookup joins a row to at most one partner (by the partner's key): the rows
-        # read are counted without them.
-        result.rows_read = rows.conn.execute(
-            sa.select(sa.func.count()).select_from(rows.keyed(keys))
-            .where(t.c[DELETED_AT].is_(None))
-        ).scalar_one()
+        # read are counted without them. The staged keys are those of live rows only,
+        # so on a refresh they are the count, without the table.
+        counted = sa.select(sa.func.count()).select_from(keys) if keys is not None else \
+            sa.select(sa.func.count()).where(t.c[DELETED_AT].is_(None))
+        result.rows_read = rows.conn.execute(counted).scalar_one()
         return staged
 
     def _compute_pages(self, ctx: Context, rows: RowSet, keys: sa.Table | None,

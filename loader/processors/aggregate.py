@@ -279,7 +279,9 @@ class Aggregate:
 
         A row whose stamps say it stayed (live throughout, no group or ``not_null``
         column changed) counts in the same group as before: its membership is not
-        looked up. At 1,000,000 sales, most rows of a 1% edit change a measure only.
+        looked up. No sales row moves after an fx correction or a segment change; of
+        the benchmark's edited rows, half keep their daily group and three quarters
+        their customer.
         """
         s = source.table
         after = stamp_literal(since)

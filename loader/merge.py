@@ -171,12 +171,8 @@ def delete_hashes(conn: Connection, table: TrackedTable, hashes: sa.Table,
                   where: sa.ColumnElement[bool], run_ts: datetime) -> int:
     """Soft-delete the live rows ``where`` selects whose row hash is in ``hashes``."""
     t = table.table
-    return conn.execute(
-        sa.update(t)
-        .where(t.c[DELETED_AT].is_(None), where,
-               t.c[ROW_HASH].in_(sa.select(hashes.c[ROW_HASH])))
-        .values(dict.fromkeys((DELETED_AT, CHANGED_AT), stamp_literal(run_ts)))
-    ).rowcount
+    return _soft_delete(conn, table, run_ts, where,
+                        t.c[ROW_HASH].in_(sa.select(hashes.c[ROW_HASH])))
 
 
 def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_ts: datetime,
@@ -187,12 +183,24 @@ def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_t
     partition a snapshot covers).
     """
     t = table.table
-    statement = (
-        sa.update(t)
-        .where(t.c[DELETED_AT].is_(None))
-        .where(~sa.exists().where(key_match(table, t, stage, conn.dialect.name)))
+    return _soft_delete(conn, table, run_ts,
+                        ~sa.exists().where(key_match(table, t, stage, conn.dialect.name)),
+                        *(t.c[column] == value for column, value in (scope or {}).items()))
+
+
+def delete_matching(conn: Connection, table: TrackedTable, stage: sa.Table,
+                    run_ts: datetime) -> int:
+    """Soft-delete the live rows whose key is in ``stage`` (NULL-safely matched)."""
+    t = table.table
+    return _soft_delete(conn, table, run_ts,
+                        sa.exists().where(key_match(table, t, stage, conn.dialect.name)))
+
+
+def _soft_delete(conn: Connection, table: TrackedTable, run_ts: datetime,
+                 *where: sa.ColumnElement[bool]) -> int:
+    """Stamp the live rows ``where`` selects deleted at ``run_ts``; returns how many."""
+    t = table.table
+    return int(conn.execute(
+        sa.update(t).where(t.c[DELETED_AT].is_(None), *where)
         .values(dict.fromkeys((DELETED_AT, CHANGED_AT), stamp_literal(run_ts)))
-    )
-    for column, value in (scope or {}).items():
-        statement = statement.where(t.c[column] == value)
-    return conn.execute(statement).rowcount
+    ).rowcount)

@@ -21,7 +21,7 @@ from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
-from loader.merge import delete_missing, describe_key, key_match, upsert
+from loader.merge import delete_matching, delete_missing, describe_key, key_match, upsert
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
 from loader.tracking import (
@@ -257,14 +257,7 @@ class Aggregate:
             return 0
         describe_key(conn, target, emptied)
         bulk.analyze(conn, emptied)
-        t = target.table
-        at = stamp_literal(ctx.run_ts)
-        return int(conn.execute(
-            sa.update(t).where(
-                t.c[DELETED_AT].is_(None),
-                sa.exists().where(key_match(target, t, emptied, conn.dialect.name)),
-            ).values({DELETED_AT: at, CHANGED_AT: at})
-        ).rowcount)
+        return delete_matching(conn, target, emptied, ctx.run_ts)
 
     def _stage_moves(self, conn: Connection, stack: ExitStack, source: TrackedTable,
                      members: sa.Table, since: datetime) -> sa.Table:

@@ -83,6 +83,19 @@ def warehouse(warehouse_url: str) -> Iterator[Warehouse]:
 
 
 @pytest.fixture
+def statements(warehouse: Warehouse) -> Iterator[list[str]]:
+    """The SQL the ``warehouse`` engine sends, in order, while the test runs."""
+    sent: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    sa.event.listen(warehouse.engine, "before_cursor_execute", record)
+    yield sent
+    sa.event.remove(warehouse.engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
 def redis_url() -> str:
     import redis
 

@@ -7,6 +7,7 @@ leaves is rebuilt too, and a group left empty is soft-deleted.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -96,36 +97,24 @@ def test_a_row_moving_between_groups_rebuilds_both_and_an_empty_group_vanishes(
 
 
 def test_only_a_refresh_that_empties_a_group_deletes_in_the_target(
-        warehouse: Warehouse, tmp_path: Path) -> None:
+        warehouse: Warehouse, tmp_path: Path, statements: list[str]) -> None:
     """The emptied groups are found among the staged groups first: a refresh that
     empties none sends the target no deleting UPDATE; one that empties the NULL group
     deletes that group alone."""
-    import re
-
-    import sqlalchemy as sa
-
     shop = _shop(tmp_path)
     assert rebuilt(shop.run(warehouse, "full")) == 4
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
     deleting = re.compile(r"UPDATE seg_totals_tracked SET _changed_at=")
-    sa.event.listen(warehouse.engine, "before_cursor_execute", record)
-    try:
-        shop.orders["west"]["1"]["cust"] = "c2"  # A loses a row, B gains it: none empties
-        shop.write_orders("west")
-        outcome = shop.run(warehouse, "refresh")
-        assert rebuilt(outcome) == 2 and outcome.results["by_seg"].deleted == 0
-        assert not [s for s in statements if deleting.match(s)]
-        shop.orders["east"]["3"]["cust"] = "c1"  # the one NULL-segment order joins A
-        shop.write_orders("east")
-        outcome = shop.run(warehouse, "refresh")
-        assert rebuilt(outcome) == 2 and outcome.results["by_seg"].deleted == 1
-        assert len([s for s in statements if deleting.match(s)]) == 1
-    finally:
-        sa.event.remove(warehouse.engine, "before_cursor_execute", record)
+    statements.clear()
+    shop.orders["west"]["1"]["cust"] = "c2"  # A loses a row, B gains it: none empties
+    shop.write_orders("west")
+    outcome = shop.run(warehouse, "refresh")
+    assert rebuilt(outcome) == 2 and outcome.results["by_seg"].deleted == 0
+    assert not [s for s in statements if deleting.match(s)]
+    shop.orders["east"]["3"]["cust"] = "c1"  # the one NULL-segment order joins A
+    shop.write_orders("east")
+    outcome = shop.run(warehouse, "refresh")
+    assert rebuilt(outcome) == 2 and outcome.results["by_seg"].deleted == 1
+    assert len([s for s in statements if deleting.match(s)]) == 1
     assert None not in totals(warehouse)
     assert groups(warehouse)[None]["_deleted_at"] is not None
     assert outputs(warehouse) == fresh_full_outputs(shop, warehouse, tmp_path)

@@ -206,7 +206,7 @@ class Aggregate:
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts,
                             empty=first)
             if not first:  # else no group can be missing
-                counts.deleted = delete_missing(conn, target, out, ctx.run_ts)
+                counts.deleted = delete_missing(conn, target, out, ctx.run_ts, merged=True)
             self._record(result, target, counts, conn.execute(
                 sa.select(sa.func.count()).select_from(out)).scalar_one())
         # The membership holds a row for each source row that counts: a count of it

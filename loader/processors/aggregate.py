@@ -21,7 +21,7 @@ from loader.bulk import postgresql as pg_bulk
 from loader.bulk import sqlite as sqlite_bulk
 from loader.coltypes import exact_sum, places_of, sql_type
 from loader.errors import ConfigError
-from loader.merge import delete_matching, delete_missing, describe_key, key_match, upsert
+from loader.merge import delete_matching, delete_missing, describe_key, upsert
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
 from loader.tracking import (
@@ -279,14 +279,8 @@ class Aggregate:
         s = source.table
         after = stamp_literal(since)
         keys = list(source.key_names)
-        columns: list[tuple[str, Any]] = [
-            *((f"k{i}", sql_type(k.type)) for i, k in enumerate(source.key)),
-            *((f"n{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
-            *((f"o{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
-            ("now", sa.Boolean()), ("was", sa.Boolean()), ("moved", sa.Boolean())]
-        names = [n for n, _ in columns]
-        moves = stack.enter_context(bulk.stage(
-            conn, f"{self.name}_moves", columns, key=[f"k{i}" for i in range(len(keys))]))
+        moves = self._moves_table(conn, stack, source)
+        names = [c.name for c in moves.columns]
         changed = (s.c[CHANGED_AT] > after,
                    sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
                           *(s.c[stamp(c)] > after for c in self.inputs if c not in keys)))
@@ -313,6 +307,18 @@ class Aggregate:
         bulk.analyze(conn, moves)
         return moves
 
+    def _moves_table(self, conn: Connection, stack: ExitStack,
+                     source: TrackedTable) -> sa.Table:
+        """A stage of moves, as ``_stage_moves`` describes them."""
+        columns: list[tuple[str, Any]] = [
+            *((f"k{i}", sql_type(k.type)) for i, k in enumerate(source.key)),
+            *((f"n{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
+            *((f"o{i}", sql_type(source.col(c).type)) for i, c in enumerate(self.group_by)),
+            ("now", sa.Boolean()), ("was", sa.Boolean()), ("moved", sa.Boolean())]
+        return stack.enter_context(bulk.stage(
+            conn, f"{self.name}_moves", columns,
+            key=[f"k{i}" for i in range(len(source.key))]))
+
     def _move_members(self, conn: Connection, source: TrackedTable, members: sa.Table,
                       moves: sa.Table) -> None:
         """Write to the membership table only the rows that left, moved or joined."""
@@ -333,7 +339,14 @@ class Aggregate:
 
     def _sync_members(self, conn: Connection, source: TrackedTable, members: sa.Table) -> int:
         """Make the membership table match the source, writing only the differences;
-        returns how many members it has (the source rows that count)."""
+        returns how many members it has (the source rows that count).
+
+        The differences are staged as moves first. On PostgreSQL one full join of the
+        membership and the source finds them all; elsewhere a left join finds the
+        members that left or moved and an anti-join the rows that joined. At 1,000,000
+        sales over a correct warehouse, the three joins that wrote each kind of change
+        in place took 1.3-1.5 s an aggregate, the full join 0.5-0.6 s.
+        """
         if _empty(conn, members):
             # A first build: every row is new, and on PostgreSQL the key index is built
             # once afterwards.
@@ -342,16 +355,36 @@ class Aggregate:
                     stack.enter_context(pg_bulk.indexes_built_after(conn, members.name))
                 return self._insert_members(conn, source, members)
         s = source.table
-        counted = self._counted(s)
-        same_row = key_match(source, members, s, conn.dialect.name)
-        conn.execute(members.delete().where(~sa.exists().where(same_row, counted)))
-        conn.execute(sa.update(members).where(same_row, counted, sa.or_(*(
-            members.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
-            .values({f"g_{c}": s.c[c] for c in self.group_by}))
-        query = sa.select(*(s.c[k] for k in source.key_names),
-                          *(s.c[c] for c in self.group_by)).where(
-            counted, ~sa.exists().where(key_match(source, members, s, conn.dialect.name)))
-        bulk.insert_from(conn, members, query)
+        keys = list(source.key_names)
+        m = members
+        current = sa.select(*(s.c[k] for k in keys), *(s.c[c] for c in self.group_by)).where(
+            self._counted(s)).subquery("current")
+        same_row = sa.and_(*(m.c[k] == current.c[k] for k in keys))
+        moved = sa.or_(*(m.c[f"g_{c}"].is_distinct_from(current.c[c]) for c in self.group_by))
+        groups_now = [current.c[c] for c in self.group_by]
+        groups_before = [m.c[f"g_{c}"] for c in self.group_by]
+        with ExitStack() as stack:
+            moves = self._moves_table(conn, stack, source)
+            if conn.dialect.name == "postgresql":
+                now, was = current.c[keys[0]].is_not(None), m.c[keys[0]].is_not(None)
+                found = bulk.insert_from(conn, moves, sa.select(
+                    *(sa.func.coalesce(m.c[k], current.c[k]) for k in keys),
+                    *groups_now, *groups_before, now, was, sa.and_(now, was, moved),
+                ).select_from(m.join(current, same_row, full=True)).where(
+                    sa.or_(sa.not_(now), sa.not_(was), moved)))
+            else:
+                gone = current.c[keys[0]].is_(None)
+                found = bulk.insert_from(conn, moves, sa.select(
+                    *(m.c[k] for k in keys), *groups_now, *groups_before,
+                    sa.not_(gone), sa.true(), sa.not_(gone),
+                ).select_from(m.outerjoin(current, same_row)).where(sa.or_(gone, moved)))
+                found += bulk.insert_from(conn, moves, sa.select(
+                    *(current.c[k] for k in keys), *groups_now,
+                    *(sa.null() for _ in self.group_by), sa.true(), sa.false(), sa.false(),
+                ).where(~sa.exists().where(same_row)))
+            if found:
+                bulk.analyze(conn, moves)
+                self._move_members(conn, source, members, moves)
         return int(conn.execute(sa.select(sa.func.count()).select_from(members)).scalar_one())
 
     def _insert_members(self, conn: Connection, source: TrackedTable,

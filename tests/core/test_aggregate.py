@@ -225,3 +225,31 @@ def test_a_full_rebuild_reports_the_source_rows_that_count(warehouse: Warehouse,
     shop.orders["east"]["1"]["cust"] = ""
     shop.write_orders("east")
     assert full() == counted() == (6, 4)
+
+
+def test_a_full_rebuild_writes_only_what_changed(warehouse: Warehouse, tmp_path: Path,
+                                                 statements: list[str]) -> None:
+    """A full rebuild over a correct warehouse writes neither the groups nor the
+    membership. After an order moves, one goes and one comes, it writes both, and the
+    membership names each live order's group."""
+    shop = _shop(tmp_path)
+    assert rebuilt(shop.run(warehouse, "full")) == 4
+    writes = re.compile(r"(UPDATE|DELETE FROM|INSERT INTO) (seg_totals_tracked|_members_)")
+    statements.clear()
+    outcome = shop.run(warehouse, "full")
+    assert rebuilt(outcome) == 4
+    assert (outcome.results["by_seg"].updated, outcome.results["by_seg"].deleted) == (0, 0)
+    assert not [s for s in statements if writes.match(s)]
+
+    shop.orders["west"]["1"]["cust"] = "c2"  # from A to B
+    del shop.orders["east"]["2"]  # leaves B
+    shop.put_order("east", "4", 2, "1.50", "c4")  # joins C
+    shop.write_orders("east")
+    shop.write_orders("west")
+    outcome = shop.run(warehouse, "full")
+    assert outcome.status == "succeeded", outcome.error
+    assert [s for s in statements if writes.match(s)]
+    members = {(r["shop"], r["id"]): r["g_seg"] for r in dump(warehouse)["_members_seg_totals"]}
+    assert members == {("east", "1"): "A", ("east", "3"): None, ("east", "4"): "C",
+                       ("west", "1"): "B", ("west", "2"): "B", ("west", "3"): "C"}
+    assert outputs(warehouse) == fresh_full_outputs(shop, warehouse, tmp_path)

@@ -30,6 +30,8 @@ from loader.tracking import (
 )
 
 ANALYZE_AFTER = 20_000
+# ... and at least this share of the rows the table had when last analysed.
+ANALYZE_SHARE = 0.1
 
 
 @dataclass
@@ -164,9 +166,23 @@ def upsert(conn: Connection, table: TrackedTable, stage: sa.Table, columns: Sequ
         for c in columns:
             counts.changes[c] = counts.changes.get(c, 0) + counts.inserted
     counts.changes = {c: n for c, n in counts.changes.items() if n}
-    if counts.inserted + counts.updated >= ANALYZE_AFTER:
+    if _statistics_stale(conn, t, counts.inserted + counts.updated):
         bulk.analyze(conn, t)
     return counts
+
+
+def _statistics_stale(conn: Connection, table: sa.Table, written: int) -> bool:
+    """Whether ``written`` rows are enough to analyse ``table`` again: ``ANALYZE_AFTER``
+    rows and ``ANALYZE_SHARE`` of the rows it had when last analysed, the rule
+    autovacuum follows. Rows updated in place move few statistics, and at 1,000,000
+    sales a 10% refresh analysed ``sales`` four times, 0.45-0.77 s each, after the
+    merge of each region file's 25,000 changed rows.
+    """
+    if written < ANALYZE_AFTER:
+        return False
+    if conn.dialect.name != "postgresql":
+        return True
+    return written >= ANALYZE_SHARE * pg_bulk.estimated_rows(conn, table.name)
 
 
 def delete_hashes(conn: Connection, table: TrackedTable, hashes: sa.Table,

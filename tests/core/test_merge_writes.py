@@ -14,12 +14,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Connection
 
 from loader import Warehouse, bulk
+from loader import merge as merge_module
 from loader.merge import MergeCounts, delete_missing, upsert
 from loader.tracking import Col, TrackedTable, ensure_table
 
@@ -104,3 +106,28 @@ def test_deleting_after_a_merge_counts_first_and_deletes_the_same(
                       for i, rows in enumerate(history)]
             results.append((counts, contents(conn, TABLE)))
     assert results[0] == results[1]
+
+
+@pytest.mark.postgres
+def test_a_merge_analyses_the_table_after_writing_a_tenth_of_it(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL's statistics are refreshed after a merge that writes as many rows as
+    ``ANALYZE_AFTER`` and a tenth of the rows the table had when last analysed: not
+    after one that updates fewer in place."""
+    monkeypatch.setattr(merge_module, "ANALYZE_AFTER", 5)
+    wh = Warehouse(pg_url)
+    analysed = re.compile(r"ANALYZE \"?items_tracked")
+    sent: list[str] = []
+    sa.event.listen(wh.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *args: sent.append(statement))
+    try:
+        with rolled_back(wh) as conn:
+            merge(conn, TABLE, [(f"k{i:03}", 0) for i in range(200)], DAY[0])
+            assert [s for s in sent if analysed.match(s)]  # 200 rows, none before
+            sent.clear()
+            merge(conn, TABLE, [(f"k{i:03}", 1) for i in range(15)], DAY[1])
+            assert not [s for s in sent if analysed.match(s)]  # 15 of 200
+            merge(conn, TABLE, [(f"k{i:03}", 2) for i in range(25)], DAY[2])
+            assert [s for s in sent if analysed.match(s)]  # 25 of 200
+    finally:
+        wh.dispose()

@@ -8,7 +8,7 @@ groups left empty. A full run rebuilds every group, writing only what differs.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,8 @@ from loader.tracking import (
 )
 
 FUNCTIONS = ("count", "sum", "min", "max")
+# The share of a target's groups from which touched groups are read in one scan.
+SCAN_SHARE = 0.125
 
 
 @dataclass(frozen=True)
@@ -232,12 +234,26 @@ class Aggregate:
             conn.execute(sa.insert(groups).from_select(list(self.group_by),
                                                        sa.union(now_in, was_in)))
             bulk.analyze(conn, groups)
-            out = self._stage_groups(conn, stack, target, groups, source)
+            touched = conn.execute(sa.select(sa.func.count()).select_from(groups)).scalar_one()
+            with (pg_bulk.planned_as_scans(conn, only=True) if self._many(
+                    conn, touched, target) else nullcontext()):
+                out = self._stage_groups(conn, stack, target, groups, source)
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts)
             counts.deleted = self._delete_emptied(conn, stack, ctx, target, groups, out)
-            self._record(result, target, counts, conn.execute(
-                sa.select(sa.func.count()).select_from(groups)).scalar_one())
+            self._record(result, target, counts, touched)
             self._move_members(conn, source, members, moves)
+
+    @staticmethod
+    def _many(conn: Connection, touched: int, target: TrackedTable) -> bool:
+        """Whether the touched groups are so large a share of the target's that their
+        rows are read faster in one scan of the source than looked up group by group.
+
+        At 1,000,000 sales, a 10% refresh touched 45% of the daily groups and 57% of
+        the customers: looked up, their rows took 2.6 and 3.3 s, scanned 1.3 and 1.5 s.
+        A 1% refresh touches 6% and 9%, whose lookups (0.3-0.5 s) a scan does not beat.
+        """
+        return conn.dialect.name == "postgresql" and (
+            touched >= SCAN_SHARE * pg_bulk.estimated_rows(conn, target.physical))
 
     def _delete_emptied(self, conn: Connection, stack: ExitStack, ctx: Context,
                         target: TrackedTable, groups: sa.Table, out: sa.Table) -> int:

@@ -93,8 +93,7 @@ class SqlExtract:
                     columns = [c.name for c in self.columns]
                     counts = upsert(conn, table, staged, columns, ctx.run_ts)
                     if since is None:
-                        counts.deleted = delete_missing(conn, table, staged, ctx.run_ts,
-                                                        merged=True)
+                        counts.deleted = delete_missing(conn, table, staged, ctx.run_ts)
                 result.inserted, result.updated, result.deleted = (
                     counts.inserted, counts.updated, counts.deleted)
                 result.count_changes(table.name, counts.changes)

@@ -232,16 +232,14 @@ def planned_as_scans(conn: Connection, *, only: bool = False) -> Iterator[None]:
     if conn.dialect.name != "postgresql":
         yield
         return
-    before = conn.exec_driver_sql("SHOW random_page_cost").scalar_one()
-    conn.exec_driver_sql(f"SET LOCAL random_page_cost = {SCAN_PAGE_COST}")
-    if only:
-        for setting in NOT_SCANS:
-            conn.exec_driver_sql(f"SET LOCAL {setting} = off")
+    settings = {"random_page_cost": str(SCAN_PAGE_COST),
+                **(dict.fromkeys(NOT_SCANS, "off") if only else {})}
+    before = {name: conn.exec_driver_sql(f"SHOW {name}").scalar_one() for name in settings}
+    for name, value in settings.items():
+        conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
     yield
-    if only:
-        for setting in NOT_SCANS:
-            conn.exec_driver_sql(f"SET LOCAL {setting} = on")
-    conn.exec_driver_sql(f"SET LOCAL random_page_cost = {float(before)}")
+    for name, value in before.items():
+        conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
 
 
 _statistics = itertools.count(1)

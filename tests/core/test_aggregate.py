@@ -306,3 +306,26 @@ def test_a_refresh_touching_many_groups_reads_them_in_one_scan(pg_url: str,
             assert view(wh, "cust_totals") == view(fresh, "cust_totals")
     finally:
         wh.dispose()
+
+
+@pytest.mark.postgres
+def test_scans_only_hold_for_their_block(pg_url: str) -> None:
+    """The planner settings of a block planned as scans alone are the session's again
+    after it, whatever they were."""
+    from loader.bulk import postgresql as pg_bulk
+
+    wh = Warehouse(pg_url)
+    names = ("random_page_cost", "enable_nestloop", "enable_indexscan")
+
+    def shown(conn: sa.Connection) -> tuple[str, ...]:
+        return tuple(conn.exec_driver_sql(f"SHOW {n}").scalar_one() for n in names)
+
+    try:
+        with wh.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
+            before = shown(conn)
+            with pg_bulk.planned_as_scans(conn, only=True):
+                assert shown(conn) == ("4", "off", "off")
+            assert shown(conn) == before == ("1.1", "on", "off")
+    finally:
+        wh.dispose()

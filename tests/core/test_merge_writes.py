@@ -3,7 +3,8 @@
 A merge first counts the staged rows that differ: when none does, it sends no
 UPDATE. ``delete_missing`` after a merge compares two counts before looking for
 missing rows with an anti-join. Both give exactly what the unconditional
-statements give.
+statements give. And a merge analyses its table only once it has written a tenth
+of it.
 """
 
 from __future__ import annotations

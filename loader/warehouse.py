@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -102,7 +102,12 @@ def _make_sqlite_transactional(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reading part (Warehouse.reading_first) takes no lock that writers wait for.
+        connection.exec_driver_sql(
+            "BEGIN" if connection.info.get(READING_FIRST) else "BEGIN IMMEDIATE")
+
+
+READING_FIRST = "loader_reading_first"
 
 
 class Warehouse:
@@ -140,6 +145,39 @@ class Warehouse:
         """A connection in a transaction that commits on success."""
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def reading_first(self) -> Iterator[tuple[Connection, Callable[[], None]]]:
+        """A connection whose work reads (and writes temporary tables) before it writes,
+        and the function to call before its first write to the warehouse.
+
+        On SQLite the reading part runs in a deferred transaction, which keeps no other
+        writer waiting; the function commits it, and the next statement begins the
+        writing transaction (``BEGIN IMMEDIATE``) on the same connection, whose
+        temporary tables carry over. The writing part commits at the end of the block
+        or rolls back; a connection that fails is discarded with its temporary tables.
+        Elsewhere the block is one transaction and the function does nothing.
+        """
+        with self.engine.connect() as conn:
+            if conn.dialect.name != "sqlite":
+                with conn.begin():
+                    yield conn, lambda: None
+                return
+
+            def write() -> None:
+                if conn.info.pop(READING_FIRST, False) and conn.in_transaction():
+                    conn.commit()
+
+            conn.info[READING_FIRST] = True
+            try:
+                yield conn, write
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                conn.invalidate()
+                raise
+            finally:
+                conn.info.pop(READING_FIRST, None)
 
     def dispose(self) -> None:
         self.engine.dispose()

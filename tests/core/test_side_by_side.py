@@ -1,9 +1,13 @@
-"""Reloads that change nothing of the table load side by side on PostgreSQL, each file on
-its own connection; the warehouse ends exactly as if the files had loaded one by one."""
+"""Reloads that change nothing of the table load side by side, each file on its own
+connection; the warehouse ends exactly as if the files had loaded one by one. On SQLite
+only refreshes from kept hashes do, each reading its file before it takes the write
+lock."""
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,12 +20,14 @@ from conftest import pg_schema_url
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from loader import CsvSnapshot, Field, Warehouse, run_sequence
+from loader import CsvSnapshot, Field, Warehouse, meta, run_sequence
 from loader.execute import RunOutcome
 from loader.processors import csv_extract
 from loader.sources.csvfile import parse_int
+from loader.tracking import load_table
 
-pytestmark = pytest.mark.postgres
+PG = pytest.mark.postgres
+DIALECTS = ["sqlite", pytest.param("postgresql", marks=PG)]
 
 PARTS = ("a", "b", "c")
 # A record: an id from a small range (so that rows change, go and come back), and a
@@ -77,13 +83,16 @@ def state(wh: Warehouse) -> dict[str, Any]:
     """Every row of the physical table (stamps as run ordinals), the rejects, the
     recorded loads and the table's columns."""
     with wh.begin() as conn:
-        ordinal = {ts: n for n, ts in enumerate(conn.execute(sa.text(
-            "SELECT run_ts FROM loader_runs ORDER BY run_id")).scalars())}
+        ordinal = {ts: n for n, ts in enumerate(conn.execute(
+            sa.select(meta.runs.c.run_ts).order_by(meta.runs.c.run_id)).scalars())}
 
         def plain(v: Any) -> Any:
             return ordinal.get(v, v) if isinstance(v, datetime) else v
 
-        found = conn.execute(sa.text("SELECT * FROM items_tracked ORDER BY p, id"))
+        table = load_table(conn, "items")
+        assert table is not None
+        t = table.table  # typed: SQLite's integer stamps come back as timestamps
+        found = conn.execute(sa.select(t).order_by(t.c.p, t.c.id))
         names = list(found.keys())
         return {
             "rows": [dict(zip(names, map(plain, row), strict=True)) for row in found],
@@ -104,11 +113,16 @@ def counts(outcome: RunOutcome) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def two_warehouses() -> Iterator[tuple[Warehouse, Warehouse]]:
+def two_warehouses(dialect: str = "postgresql") -> Iterator[tuple[Warehouse, Warehouse]]:
     with contextlib.ExitStack() as stack:
         pair = []
         for _ in range(2):
-            wh = Warehouse(stack.enter_context(contextlib.contextmanager(pg_schema_url)()))
+            if dialect == "sqlite":
+                folder = stack.enter_context(tempfile.TemporaryDirectory())
+                url = f"sqlite:///{folder}/warehouse.db"
+            else:
+                url = stack.enter_context(contextlib.contextmanager(pg_schema_url)())
+            wh = Warehouse(url)
             stack.callback(wh.dispose)
             pair.append(wh)
         yield pair[0], pair[1]
@@ -123,8 +137,13 @@ def two_warehouses() -> Iterator[tuple[Warehouse, Warehouse]]:
          rounds=[([[(1, "5"), (2, "2"), (2, "7")], [(2, "1")], [(3, "3"), (5, "")]], False),
                  ([None, [(1, "1"), (2, "1")], [(3, "4")]], True)],
          modes=["refresh", "full", "refresh"])
+@example(first=[[(1, "1"), (2, "2")], [(1, "1")], [(3, "3")]],  # pooled in round 2
+         rounds=[([[(1, "2")], [(1, "2"), (2, "x")], [(3, "4")]], False),
+                 ([[(1, "3"), (2, "2")], [(1, "3"), (1, "4")], [(4, "4")]], False)],
+         modes=["refresh", "refresh", "refresh"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_side_by_side_reloads_end_as_loads_one_by_one(
-        tmp_path_factory: pytest.TempPathFactory, threads: list[str],
+        dialect: str, tmp_path_factory: pytest.TempPathFactory, threads: list[str],
         first: list[list[tuple[int, str]]],
         rounds: list[tuple[list[list[tuple[int, str]] | None], bool]],
         modes: list[str]) -> None:
@@ -135,7 +154,7 @@ def test_side_by_side_reloads_end_as_loads_one_by_one(
     that reload together run on the extract's threads; a first load and a file that
     brings a new column run on the task's own thread."""
     directory = tmp_path_factory.mktemp("files")
-    with two_warehouses() as (together, alone):
+    with two_warehouses(dialect) as (together, alone):
         for part, records in zip(PARTS, first, strict=True):
             write(directory, part, records, False)
         extra = False
@@ -149,7 +168,7 @@ def test_side_by_side_reloads_end_as_loads_one_by_one(
                 if new_extra and not extra and files[2] is not None:
                     write(directory, "c", files[2], True)
                     extra = adds_column = True
-            expected = pooled_loads(together, added="c" if adds_column else None)
+            expected = pooled_loads(together, added="c" if adds_column else None, mode=mode)
             threads.clear()
             ours = run(together, directory, extract(), mode)
             pooled = [name for name in threads if name.startswith("items_csv")]
@@ -159,22 +178,29 @@ def test_side_by_side_reloads_end_as_loads_one_by_one(
             assert len(pooled) == expected
 
 
-def pooled_loads(wh: Warehouse, added: str | None) -> int:
+def pooled_loads(wh: Warehouse, added: str | None, mode: str) -> int:
     """How many files the next run loads side by side: those of partitions with rows
-    (reloads) whose file brings no new column, in runs of at least two in file order."""
+    (reloads) whose file brings no new column, in runs of at least two in file order.
+    On SQLite, only in a refresh, and only partitions whose last load kept its hashes
+    (a reload, not a first load)."""
     with wh.begin() as conn:
         if not sa.inspect(conn).has_table("items_tracked"):
             return 0
-        with_rows = set(conn.execute(sa.text("SELECT DISTINCT p FROM items_tracked")).scalars())
+        eligible = set(conn.execute(sa.text("SELECT DISTINCT p FROM items_tracked")).scalars())
+        if wh.dialect == "sqlite":
+            kept = set(conn.execute(sa.text(
+                "SELECT partition FROM loader_sources WHERE row_hashes IS NOT NULL")).scalars())
+            eligible &= kept if mode == "refresh" else set()
     runs: list[list[str]] = [[]]
     for part in PARTS:
-        if part in with_rows and part != added:
+        if part in eligible and part != added:
             runs[-1].append(part)
         else:
             runs.append([])
     return sum(len(run) for run in runs if len(run) > 1)
 
 
+@PG
 def test_a_new_column_and_a_first_load_go_alone(tmp_path: Path, threads: list[str]) -> None:
     """Of four files, the two plain reloads load together; the one naming a new column
     and the one of a new partition load after them, in file order, alone, on the task's
@@ -201,6 +227,7 @@ def test_a_new_column_and_a_first_load_go_alone(tmp_path: Path, threads: list[st
                                             ("c", "1", 5, "z"), ("d", "9", 9, None)]
 
 
+@PG
 def test_a_bad_file_beside_a_good_one_is_left_as_it_was(
         tmp_path: Path, threads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A file that fails while another loads beside it fails alone: its rows stay as they
@@ -221,6 +248,7 @@ def test_a_bad_file_beside_a_good_one_is_left_as_it_was(
                 ("a", "1", 3), ("b", "1", 1), ("b", "2", 2), ("c", "1", 6), ("c", "2", 2)]
 
 
+@PG
 def test_progress_is_passed_on_from_the_task_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lines read on the extract's threads reach the task's progress, on its own thread
@@ -263,3 +291,77 @@ def test_a_file_keeps_its_header_only_when_its_first_line_is_the_recorded_one(
     path.write_bytes(content)
     assert csv_extract._starts_with(path, "id,n") is expected
     assert csv_extract._starts_with(tmp_path / "missing.csv", "id,n") is False
+
+
+def test_on_sqlite_files_read_side_by_side_hold_no_write_lock(
+        tmp_path: Path, threads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite, two files of a refresh from kept hashes are read at the same time,
+    and while they are read another connection can take the write lock at once: each
+    file's load takes it only to merge."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with two_warehouses("sqlite") as (wh, _):
+        for round_ in range(3):
+            for part in PARTS:
+                write(data, part, [(1, str(round_)), (2, "2")], False)
+            if round_ < 2:  # a first load, then a reload that keeps its hashes
+                run(wh, data, extract(), "refresh")
+        both_reading = threading.Barrier(2, timeout=10)
+        took_lock: list[bool] = []
+        original = csv_extract._FileLoad._each_row
+        path = wh.engine.url.database
+
+        def each_row(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.value in ("a", "b"):
+                both_reading.wait()  # neither has merged yet
+                other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+                    took_lock.append(True)
+                except sqlite3.OperationalError:
+                    took_lock.append(False)
+                finally:
+                    other.close()
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(csv_extract._FileLoad, "_each_row", each_row)
+        threads.clear()
+        outcome = run(wh, data, extract(), "refresh")
+        assert outcome.results["items_csv"].updated == 3
+        assert took_lock == [True, True]
+        assert sum(name.startswith("items_csv") for name in threads) == 3
+
+
+def test_reading_first_writes_in_a_second_transaction_and_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    """On SQLite the reading part begins deferred, ``write`` begins the writing part on
+    the same connection (its temporary tables carry over), and a block that fails
+    leaves neither a temporary table nor a deferred beginning to the next user."""
+    wh = Warehouse(f"sqlite:///{tmp_path}/warehouse.db")
+    sent: list[str] = []
+    sa.event.listen(wh.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *args: sent.append(statement))
+    try:
+        with wh.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE probe (x)")
+        sent.clear()
+        with wh.reading_first() as (conn, write):
+            conn.exec_driver_sql("CREATE TEMP TABLE scratch (x)")
+            conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
+            write()
+            conn.exec_driver_sql("INSERT INTO probe SELECT x FROM scratch")
+            conn.exec_driver_sql("DROP TABLE scratch")
+        assert [s for s in sent if s.startswith("BEGIN")] == ["BEGIN", "BEGIN IMMEDIATE"]
+        with pytest.raises(RuntimeError), wh.reading_first() as (conn, write):
+            conn.exec_driver_sql("CREATE TEMP TABLE left_behind (x)")
+            write()
+            conn.exec_driver_sql("DELETE FROM probe")
+            raise RuntimeError("failed while writing")
+        sent.clear()
+        with wh.begin() as conn:
+            assert conn.exec_driver_sql("SELECT name FROM sqlite_temp_master").all() == []
+            assert conn.exec_driver_sql("SELECT x FROM probe").all() == [(1,)]
+        assert sent[0] == "BEGIN IMMEDIATE"
+    finally:
+        wh.dispose()

@@ -139,7 +139,7 @@ def two_warehouses(dialect: str = "postgresql") -> Iterator[tuple[Warehouse, War
          modes=["refresh", "full", "refresh"])
 @example(first=[[(1, "1"), (2, "2")], [(1, "1")], [(3, "3")]],  # pooled in round 2
          rounds=[([[(1, "2")], [(1, "2"), (2, "x")], [(3, "4")]], False),
-                 ([[(1, "3"), (2, "2")], [(1, "3"), (1, "4")], [(4, "4")]], False)],
+                 ([[(1, "3"), (2, "2")], [(1, "33"), (1, "4")], [(4, "44")]], False)],
          modes=["refresh", "refresh", "refresh"])
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_side_by_side_reloads_end_as_loads_one_by_one(
@@ -168,7 +168,7 @@ def test_side_by_side_reloads_end_as_loads_one_by_one(
                 if new_extra and not extra and files[2] is not None:
                     write(directory, "c", files[2], True)
                     extra = adds_column = True
-            expected = pooled_loads(together, added="c" if adds_column else None, mode=mode)
+            expected = pooled_loads(together, directory, "c" if adds_column else None, mode)
             threads.clear()
             ours = run(together, directory, extract(), mode)
             pooled = [name for name in threads if name.startswith("items_csv")]
@@ -178,18 +178,20 @@ def test_side_by_side_reloads_end_as_loads_one_by_one(
             assert len(pooled) == expected
 
 
-def pooled_loads(wh: Warehouse, added: str | None, mode: str) -> int:
+def pooled_loads(wh: Warehouse, directory: Path, added: str | None, mode: str) -> int:
     """How many files the next run loads side by side: those of partitions with rows
     (reloads) whose file brings no new column, in runs of at least two in file order.
-    On SQLite, only in a refresh, and only partitions whose last load kept its hashes
-    (a reload, not a first load)."""
+    On SQLite, only in a refresh, and only files of another size than recorded whose
+    partition's last load kept its hashes (a reload, not a first load)."""
     with wh.begin() as conn:
         if not sa.inspect(conn).has_table("items_tracked"):
             return 0
         eligible = set(conn.execute(sa.text("SELECT DISTINCT p FROM items_tracked")).scalars())
         if wh.dialect == "sqlite":
-            kept = set(conn.execute(sa.text(
-                "SELECT partition FROM loader_sources WHERE row_hashes IS NOT NULL")).scalars())
+            kept = {part for part, source, size in conn.execute(sa.text(
+                "SELECT partition, source, size FROM loader_sources "
+                "WHERE row_hashes IS NOT NULL")).all()
+                    if (directory / source).stat().st_size != size}
             eligible &= kept if mode == "refresh" else set()
     runs: list[list[str]] = [[]]
     for part in PARTS:
@@ -295,15 +297,15 @@ def test_a_file_keeps_its_header_only_when_its_first_line_is_the_recorded_one(
 
 def test_on_sqlite_files_read_side_by_side_hold_no_write_lock(
         tmp_path: Path, threads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """On SQLite, two files of a refresh from kept hashes are read at the same time,
+    """On SQLite, two changed files of a refresh from kept hashes are read at once,
     and while they are read another connection can take the write lock at once: each
     file's load takes it only to merge."""
     data = tmp_path / "data"
     data.mkdir()
     with two_warehouses("sqlite") as (wh, _):
         for round_ in range(3):
-            for part in PARTS:
-                write(data, part, [(1, str(round_)), (2, "2")], False)
+            for part in PARTS:  # a number one digit longer each time: another size
+                write(data, part, [(1, str(round_) * (round_ + 1)), (2, "2")], False)
             if round_ < 2:  # a first load, then a reload that keeps its hashes
                 run(wh, data, extract(), "refresh")
         both_reading = threading.Barrier(2, timeout=10)

@@ -194,22 +194,20 @@ def delete_hashes(conn: Connection, table: TrackedTable, hashes: sa.Table,
 
 
 def delete_missing(conn: Connection, table: TrackedTable, stage: sa.Table, run_ts: datetime,
-                   *, merged: bool = False) -> int:
+                   *, merged: int | None = None) -> int:
     """Soft-delete the live rows whose key is not in ``stage``.
 
-    ``merged`` tells that ``stage``, which holds each key once, has just been upserted
-    into ``table``, so that each staged row is a live row of it: then no row is
-    missing when the table has no more live rows than the stage has rows, which two
-    counts tell without the anti-join (at 1,000,000 sales, 0.40 s for the 220,000
-    daily groups). A stage that may repeat a key (rows read from a source without a
-    unique key) must not claim it.
+    ``merged``, the number of rows of a ``stage`` that holds each key once and has just
+    been upserted into ``table``, tells that each staged row is a live row of it: then
+    no row is missing when the table has no more live rows than that, which a count
+    tells without the anti-join (at 1,000,000 sales, 0.40 s for the 220,000 daily
+    groups). A stage that may repeat a key (rows read from a source without a unique
+    key) must not claim it.
     """
     t = table.table
-    if merged:
-        live = conn.execute(sa.select(sa.func.count()).select_from(t).where(
-            t.c[DELETED_AT].is_(None))).scalar_one()
-        if live <= conn.execute(sa.select(sa.func.count()).select_from(stage)).scalar_one():
-            return 0
+    if merged is not None and conn.execute(sa.select(sa.func.count()).select_from(t).where(
+            t.c[DELETED_AT].is_(None))).scalar_one() <= merged:
+        return 0
     return _soft_delete(conn, table, run_ts,
                         ~sa.exists().where(key_match(table, t, stage, conn.dialect.name)))
 

@@ -207,10 +207,10 @@ class Aggregate:
                 stack.enter_context(pg_bulk.indexes_built_after(conn, target.physical))
             counts = upsert(conn, target, out, list(target.column_names), ctx.run_ts,
                             empty=first)
+            rebuilt = conn.execute(sa.select(sa.func.count()).select_from(out)).scalar_one()
             if not first:  # else no group can be missing
-                counts.deleted = delete_missing(conn, target, out, ctx.run_ts, merged=True)
-            self._record(result, target, counts, conn.execute(
-                sa.select(sa.func.count()).select_from(out)).scalar_one())
+                counts.deleted = delete_missing(conn, target, out, ctx.run_ts, merged=rebuilt)
+            self._record(result, target, counts, rebuilt)
         # The membership holds a row for each source row that counts: a count of it
         # (or of the first build's insert) spares a scan of the source.
         result.rows_read = self._sync_members(conn, source, members)
@@ -296,7 +296,6 @@ class Aggregate:
         after = stamp_literal(since)
         keys = list(source.key_names)
         moves = self._moves_table(conn, stack, source)
-        names = [c.name for c in moves.columns]
         changed = (s.c[CHANGED_AT] > after,
                    sa.or_(s.c[DELETED_AT] > after, s.c[LIVE_SINCE] > after,
                           *(s.c[stamp(c)] > after for c in self.inputs if c not in keys)))
@@ -306,20 +305,20 @@ class Aggregate:
             for c in dict.fromkeys(self.group_by + self.not_null) if c not in keys))
         counted = self._counted(s)
         same_group = [s.c[c] for c in self.group_by]
-        conn.execute(sa.insert(moves).from_select(names, sa.select(
+        bulk.insert_from(conn, moves, sa.select(
             *(s.c[k] for k in keys), *same_group, *same_group,
             sa.true(), sa.true(), sa.false(),
-        ).where(*changed, stayed, counted)))
+        ).where(*changed, stayed, counted))
         m = members
         was = m.c[keys[0]].is_not(None)
         moved = sa.and_(counted, was, sa.or_(*(
             m.c[f"g_{c}"].is_distinct_from(s.c[c]) for c in self.group_by)))
-        conn.execute(sa.insert(moves).from_select(names, sa.select(
+        bulk.insert_from(conn, moves, sa.select(
             *(s.c[k] for k in keys), *same_group,
             *(m.c[f"g_{c}"] for c in self.group_by),
             counted, was, moved,
         ).select_from(s.outerjoin(m, sa.and_(*(m.c[k] == s.c[k] for k in keys)))).where(
-            *changed, sa.not_(stayed))))
+            *changed, sa.not_(stayed)))
         bulk.analyze(conn, moves)
         return moves
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -195,11 +195,12 @@ class CsvSnapshot:
         directory = Path(ctx.param(self.directory_param))
         files = self.files(directory)
         with ctx.warehouse.begin() as conn:
-            loaded = {row.partition: row for row in conn.execute(
-                sa.select(meta.sources.c.partition, meta.sources.c.source,
+            loaded = {row.partition: _Recorded(row.source, row.header, row.size, row.kept)
+                      for row in conn.execute(sa.select(
+                          meta.sources.c.partition, meta.sources.c.source,
                           meta.sources.c.header, meta.sources.c.size,
                           meta.sources.c.row_hashes.is_not(None).label("kept"))
-                .where(meta.sources.c.processor == self.name))}
+                          .where(meta.sources.c.processor == self.name))}
         missing = sorted(set(loaded) - set(files))
         if missing:
             names = ", ".join(str(loaded[m].source) for m in missing)
@@ -207,18 +208,7 @@ class CsvSnapshot:
                               f"{'these' if len(missing) > 1 else 'this'} {self.partition} was "
                               "changed. Restore the file, or remove its rows deliberately.")
         with ctx.warehouse.begin() as conn:
-            together = self._side_by_side(
-                conn, files, {value: (row.source, row.header) for value, row in loaded.items()})
-            if conn.dialect.name == "sqlite":
-                # On SQLite, only refreshes of files that changed size (a file of the
-                # recorded size is most often unchanged, found so by its hash alone),
-                # starting from the hashes their last load kept: read from the table,
-                # the hashes come row by row through Python, and two files reading them
-                # at once took longer than one after the other (a full run at 1,000,000
-                # sales: 0.93 s against 0.58 s).
-                together = {value for value in together if not ctx.full and loaded[value].kept
-                            and loaded[value].size != files[value].stat().st_size}
-                together = together if len(together) > 1 else set()
+            together = self._side_by_side(conn, files, loaded, ctx.full)
         # In file order, as one by one: a file that changes the table loads alone, after
         # the files before it and before those after it, which see its change.
         outcomes: dict[str, _Outcome] = {}
@@ -248,15 +238,22 @@ class CsvSnapshot:
         return result
 
     def _side_by_side(self, conn: Connection, files: dict[str, Path],
-                      loaded: dict[str, tuple[str, str | None]]) -> set[str]:
+                      loaded: dict[str, _Recorded], full: bool) -> set[str]:
         """The partitions whose files may load side by side, each on its own connection.
 
         Only reloads that change nothing of the table: the partition has rows and was
         last loaded from the same file name with the same header, whose columns that
         load added. A first load or a new header may change the table (defaults,
         indexes, columns, the view): such a file loads alone, in its place.
+
+        On SQLite, only a refresh's files of another size than recorded (one of the
+        recorded size is most often unchanged, which its hash alone tells) whose last
+        load kept its hashes. Read from the table, the hashes come row by row through
+        Python, and two files reading them at once took longer than one after the other
+        (a full run at 1,000,000 sales: 0.93 s against 0.58 s).
         """
-        if len(files) < 2:
+        sqlite = conn.dialect.name == "sqlite"
+        if len(files) < 2 or (sqlite and full):
             return set()
         table = load_table(conn, self.table)
         if table is None:
@@ -270,11 +267,13 @@ class CsvSnapshot:
         in_key_order = [t.c[name] for name in table.key_names]
         together = set()
         for value, path in files.items():
-            source, header = loaded.get(value, (None, None))
-            if source == path.name and header is not None and _starts_with(path, header) \
-                    and conn.execute(sa.select(sa.literal(1)).where(
-                        t.c[self.partition] == value).order_by(*in_key_order).limit(1)
-                    ).first() is not None:
+            last = loaded.get(value)
+            if last is None or last.source != path.name or last.header is None or (
+                    sqlite and (not last.kept or last.size == path.stat().st_size)):
+                continue
+            has_rows = sa.select(sa.literal(1)).where(
+                t.c[self.partition] == value).order_by(*in_key_order).limit(1)
+            if _starts_with(path, last.header) and conn.execute(has_rows).first() is not None:
                 together.add(value)
         return together if len(together) > 1 else set()
 
@@ -372,7 +371,6 @@ class CsvSnapshot:
         salt = hashlib.blake2b(
             f"{self.version}\n{value}\n{header.raw}".encode(), digest_size=32).digest()
         counts, rejects, read, first_load = loader.load(conn, ctx, salt, stored, write)
-        write()
         result.rows_read += read
         result.inserted += counts.inserted
         result.updated += counts.updated
@@ -463,6 +461,15 @@ class CsvSnapshot:
             h.c.table_name == self.table, h.c.change == "add_column",
             h.c.reason.like(EXTRA_REASON.format(source="%")))).scalars())
         return [c.name for c in table.columns if c.name in added]
+
+
+class _Recorded(NamedTuple):
+    """What ``loader_sources`` recorded of a partition's last load."""
+
+    source: str
+    header: str | None
+    size: int | None
+    kept: bool  # its live rows' hashes
 
 
 @dataclass

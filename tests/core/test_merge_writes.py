@@ -48,10 +48,11 @@ def merge(conn: Connection, table: TrackedTable, rows: Rows, at: datetime, *,
     types = {"text": sa.Text(), "integer": sa.BigInteger()}
     columns = [(c.name, types[c.type]) for c in table.all_columns]
     with bulk.stage(conn, table.name, columns, key=table.key_names) as stage:
-        bulk.load(conn, stage, rows)
+        staged = bulk.load(conn, stage, rows)
         counts = upsert(conn, tracked, stage, list(table.column_names), at)
         if delete:
-            counts.deleted = delete_missing(conn, tracked, stage, at, merged=merged)
+            counts.deleted = delete_missing(conn, tracked, stage, at,
+                                            merged=staged if merged else None)
     return counts
 
 

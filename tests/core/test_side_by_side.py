@@ -44,7 +44,7 @@ ROUNDS = st.lists(st.tuples(st.lists(st.one_of(st.none(), st.lists(RECORDS, max_
 class OneByOne(CsvSnapshot):
     """The same extract, loading its files one at a time."""
 
-    def _side_by_side(self, conn: Any, files: Any, loaded: Any) -> set[str]:
+    def _side_by_side(self, conn: Any, files: Any, loaded: Any, full: bool) -> set[str]:
         return set()
 
 
@@ -217,9 +217,10 @@ def test_a_new_column_and_a_first_load_go_alone(tmp_path: Path, threads: list[st
         write(tmp_path, "d", [(9, "9")], False)
         threads.clear()
         with wh.begin() as conn:
-            loaded = {p: (f"items_{p}.csv", "id,n") for p in PARTS}
+            loaded = {p: csv_extract._Recorded(f"items_{p}.csv", "id,n", 9, False)
+                      for p in PARTS}
             files = {p: tmp_path / f"items_{p}.csv" for p in (*PARTS, "d")}
-            assert extract()._side_by_side(conn, files, loaded) == {"a", "b"}
+            assert extract()._side_by_side(conn, files, loaded, False) == {"a", "b"}
         outcome = run(wh, tmp_path, extract(), "refresh")
         assert [name.startswith("items_csv") for name in threads] == [True, True, False, False]
         assert outcome.results["items_csv"].inserted == 1

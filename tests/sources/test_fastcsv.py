@@ -321,9 +321,9 @@ def test_runs_of_stored_records_are_matched_as_one_by_one() -> None:
     assert list(zip(array.array("q", matched), array.array("q", matched_at),
                     strict=True)) == expected
     assert (pos, count, read, written) == (len(data), len(lines), len(expected) + 5, 5)
-    written_lines = [python_text(lines[i]) for i in sorted(new)]
-    assert None not in written_lines
-    assert text.decode() == "".join(line for line in written_lines if line is not None)
+    written_lines = [t for i in sorted(new) if (t := python_text(lines[i])) is not None]
+    assert len(written_lines) == len(new)
+    assert text.decode() == "".join(written_lines)
     assert len(stored) == 0
 
 

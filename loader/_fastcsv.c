@@ -323,12 +323,16 @@ static int hashes_resize(Hashes *h, Py_ssize_t capacity) {
     return 0;
 }
 
+/* The capacity a set grows to for ``count`` hashes: a power of two, a third full. */
+static Py_ssize_t capacity_for(Py_ssize_t count) {
+    Py_ssize_t capacity = 1024;
+    while (capacity < count * 3) capacity *= 2;
+    return capacity;
+}
+
 static int hashes_add(Hashes *h, int64_t value) {
-    if ((h->used + 1) * 2 > h->capacity) {
-        Py_ssize_t capacity = 1024;
-        while (capacity < (h->count + 1) * 3) capacity *= 2;
-        if (hashes_resize(h, capacity) < 0) return -1;
-    }
+    if ((h->used + 1) * 2 > h->capacity && hashes_resize(h, capacity_for(h->count + 1)) < 0)
+        return -1;
     Py_ssize_t i = slot_of(h, value);
     while (h->state[i]) {
         if (h->state[i] == 1 && h->values[i] == value) return 0;
@@ -432,8 +436,7 @@ static PyObject *Hashes_from_bytes(PyObject *cls, PyObject *arg) {
     h = (Hashes *)PyObject_CallNoArgs(cls);
     if (h == NULL) goto done;
     /* Room for them all at once, as ``hashes_add`` would grow it: no rehashing. */
-    Py_ssize_t capacity = 1024;
-    while (capacity < (view.len / 8 + 1) * 3) capacity *= 2;
+    Py_ssize_t capacity = capacity_for(view.len / 8 + 1);
     if (capacity > h->capacity && hashes_resize(h, capacity) < 0) {
         Py_CLEAR(h);
         goto done;

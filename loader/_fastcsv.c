@@ -517,6 +517,281 @@ static PyTypeObject HashesType = {
     .tp_methods = Hashes_methods,
 };
 
+/* ------------------------------------------------------------------ the line of each key */
+
+/* SipHash-2-4 with its 128-bit output (Aumasson and Bernstein's reference). Each
+ * KeyLines keys it at random, so no file can be written to give two keys one digest. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                            \
+    do {                                                                                    \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                           \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                              \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                              \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                           \
+    } while (0)
+
+static void siphash128(uint64_t k0, uint64_t k1, const uint8_t *p, size_t n, uint64_t out[2]) {
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1 ^ 0xee;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+    const uint8_t *end = p + (n & ~(size_t)7);
+    for (; p != end; p += 8) {
+        uint64_t m = load64(p);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t b = (uint64_t)n << 56;
+    for (size_t i = 0; i < (n & 7); i++) b |= (uint64_t)p[i] << (8 * i);
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xee;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    out[0] = v0 ^ v1 ^ v2 ^ v3;
+    v1 ^= 0xdd;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    out[1] = v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The first line of each key a load staged: what a dict of key to line holds, in a
+ * sixth of the memory. A key that is text, or a tuple of texts (every key the scanner
+ * sees), is held as 16 bytes: 88 bits of the 128-bit digest of its text, and its line
+ * in 40 bits. Two keys share those 88 bits with a chance of about n^2 / 2^89: one in
+ * 10^15 for a file of a million keys. The table is sized for the keys expected and kept
+ * at most four fifths full, 20 bytes a key in all; a dict of the same str keys and int
+ * lines takes about 115. Other keys (a parsed number, say) go to a dict, as they are: no
+ * key of one kind equals one of the other, as in a dict. */
+#define LINE_BITS 40
+#define LINE_MASK ((UINT64_C(1) << LINE_BITS) - 1)
+
+typedef struct {
+    uint64_t a;
+    uint64_t b; /* the digest's top 24 bits of its second half, then the line; 0: empty */
+} KeySlot;
+
+typedef struct {
+    PyObject_HEAD
+    KeySlot *slots;
+    Py_ssize_t capacity, count;
+    uint64_t k0, k1;
+    PyObject *other; /* dict: the keys that are not text */
+    Buffer text;     /* a key's text, as digested */
+} KeyLines;
+
+static PyTypeObject KeyLinesType;
+
+/* The slot of digest (a, high): where it is, or the empty slot where it would go. The
+ * table has any size below 2^32: the digest's top 32 bits, scaled to it, pick the first
+ * slot to look at. */
+static KeySlot *keylines_slot(const KeyLines *k, uint64_t a, uint64_t high) {
+    Py_ssize_t i = (Py_ssize_t)(((a >> 32) * (uint64_t)k->capacity) >> 32);
+    while (k->slots[i].b && (k->slots[i].a != a || (k->slots[i].b & ~LINE_MASK) != high))
+        i = i + 1 == k->capacity ? 0 : i + 1;
+    return &k->slots[i];
+}
+
+/* Room for ``count`` keys, four fifths full: a new table that takes the keys held. */
+static int keylines_resize(KeyLines *k, Py_ssize_t count) {
+    Py_ssize_t capacity = count + count / 4 + 1;
+    if (capacity < 1024) capacity = 1024;
+    if (capacity >= ((Py_ssize_t)1 << 31)) {
+        PyErr_SetString(PyExc_OverflowError, "KeyLines: too many keys");
+        return -1;
+    }
+    KeySlot *slots = PyMem_Calloc(capacity, sizeof *slots), *old = k->slots;
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t old_capacity = k->capacity;
+    k->slots = slots;
+    k->capacity = capacity;
+    for (Py_ssize_t j = 0; j < old_capacity; j++)
+        if (old[j].b) *keylines_slot(k, old[j].a, old[j].b & ~LINE_MASK) = old[j];
+    PyMem_Free(old);
+    return 0;
+}
+
+/* The line of the key whose text is in ``k->text``, else 0 after recording ``line``
+ * for it when ``line`` is not 0; -1 on error. */
+static int64_t keylines_digested(KeyLines *k, int64_t line) {
+    if (line && (k->count + 1) * 5 > k->capacity * 4 &&
+        keylines_resize(k, k->count ? 2 * k->count : 1024) < 0)
+        return -1;
+    if ((uint64_t)line > LINE_MASK) {
+        PyErr_SetString(PyExc_OverflowError, "KeyLines: a line past 2^40");
+        return -1;
+    }
+    uint64_t d[2];
+    siphash128(k->k0, k->k1, (const uint8_t *)k->text.data, (size_t)k->text.size, d);
+    uint64_t high = d[1] & ~LINE_MASK;
+    KeySlot *slot = keylines_slot(k, d[0], high);
+    if (slot->b) return (int64_t)(slot->b & LINE_MASK);
+    if (line) {
+        *slot = (KeySlot){d[0], high | (uint64_t)line};
+        k->count++;
+    }
+    return 0;
+}
+
+/* A text part of a key, written as its length and its UTF-8 bytes. The text of a key
+ * is "s" and its one part, or "t" and each part of a tuple. */
+static int keylines_part(KeyLines *k, const char *p, Py_ssize_t n) {
+    if (buffer_reserve(&k->text, n + 8) < 0) return -1;
+    uint64_t size = (uint64_t)n;
+    put(&k->text, &size, 8);
+    put(&k->text, p, n);
+    return 0;
+}
+
+/* Write the text of ``key`` to ``k->text``: 1, or 0 when it is not text, -1 on error. */
+static int keylines_text(KeyLines *k, PyObject *key) {
+    k->text.size = 0;
+    if (PyUnicode_Check(key)) {
+        Py_ssize_t n;
+        const char *p = PyUnicode_AsUTF8AndSize(key, &n);
+        if (p == NULL) { /* a lone surrogate: kept as it is */
+            PyErr_Clear();
+            return 0;
+        }
+        if (buffer_reserve(&k->text, 1) < 0) return -1;
+        put(&k->text, "s", 1);
+        return keylines_part(k, p, n) < 0 ? -1 : 1;
+    }
+    if (!PyTuple_Check(key)) return 0;
+    if (buffer_reserve(&k->text, 1) < 0) return -1;
+    put(&k->text, "t", 1);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(key); i++) {
+        PyObject *part = PyTuple_GET_ITEM(key, i);
+        if (!PyUnicode_Check(part)) return 0;
+        Py_ssize_t n;
+        const char *p = PyUnicode_AsUTF8AndSize(part, &n);
+        if (p == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (keylines_part(k, p, n) < 0) return -1;
+    }
+    return 1;
+}
+
+static int KeyLines_init(KeyLines *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"seed", "expected", NULL};
+    Py_buffer seed;
+    Py_ssize_t expected = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|n", kwlist, &seed, &expected)) return -1;
+    if (seed.len != 16) {
+        PyBuffer_Release(&seed);
+        PyErr_SetString(PyExc_ValueError, "seed: 16 bytes");
+        return -1;
+    }
+    self->k0 = load64(seed.buf);
+    self->k1 = load64((const uint8_t *)seed.buf + 8);
+    PyBuffer_Release(&seed);
+    PyMem_Free(self->slots);
+    self->slots = NULL;
+    self->capacity = self->count = 0;
+    if (expected > 0 && keylines_resize(self, expected) < 0) return -1;
+    Py_XSETREF(self->other, PyDict_New());
+    return self->other == NULL ? -1 : 0;
+}
+
+static void KeyLines_dealloc(KeyLines *self) {
+    PyMem_Free(self->slots);
+    PyMem_Free(self->text.data);
+    Py_XDECREF(self->other);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t KeyLines_len(KeyLines *self) {
+    return self->count + (self->other ? PyDict_GET_SIZE(self->other) : 0);
+}
+
+PyDoc_STRVAR(keylines_add_doc,
+"add(key, line) -> int | None\n\n"
+"The line of ``key`` if it has one; else None, and ``key`` now has ``line`` (from 1).");
+
+static PyObject *KeyLines_add(KeyLines *self, PyObject *args) {
+    PyObject *key;
+    long long line;
+    if (!PyArg_ParseTuple(args, "OL", &key, &line)) return NULL;
+    if (self->other == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
+        return NULL;
+    }
+    if (line < 1) {
+        PyErr_SetString(PyExc_ValueError, "line: from 1");
+        return NULL;
+    }
+    int text = keylines_text(self, key);
+    if (text < 0) return NULL;
+    if (text) {
+        int64_t found = keylines_digested(self, line);
+        if (found < 0) return NULL;
+        if (found) return PyLong_FromLongLong(found);
+        Py_RETURN_NONE;
+    }
+    PyObject *found = PyDict_GetItemWithError(self->other, key);
+    if (found != NULL) return Py_NewRef(found);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *at = PyLong_FromLongLong(line);
+    if (at == NULL) return NULL;
+    int failed = PyDict_SetItem(self->other, key, at);
+    Py_DECREF(at);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *KeyLines_line_of(KeyLines *self, PyObject *key) {
+    if (self->other == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
+        return NULL;
+    }
+    int text = keylines_text(self, key);
+    if (text < 0) return NULL;
+    if (text) {
+        int64_t found = self->count ? keylines_digested(self, 0) : 0;
+        if (found < 0) return NULL;
+        if (found) return PyLong_FromLongLong(found);
+    } else {
+        PyObject *found = PyDict_GetItemWithError(self->other, key);
+        if (found != NULL) return Py_NewRef(found);
+        if (PyErr_Occurred()) return NULL;
+    }
+    PyErr_SetObject(PyExc_KeyError, key);
+    return NULL;
+}
+
+static PySequenceMethods KeyLines_as_sequence = {.sq_length = (lenfunc)KeyLines_len};
+
+static PyMethodDef KeyLines_methods[] = {
+    {"add", (PyCFunction)KeyLines_add, METH_VARARGS, keylines_add_doc},
+    {"line_of", (PyCFunction)KeyLines_line_of, METH_O,
+     "line_of(key) -> int\n\nThe line of ``key``; KeyError if it has none."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject KeyLinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loader._fastcsv.KeyLines",
+    .tp_basicsize = sizeof(KeyLines),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "KeyLines(seed, expected=0): the first line of each key of one load. ``seed``,\n"
+              "16 random bytes, keys its digests; ``expected`` keys fit without growing.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)KeyLines_init,
+    .tp_dealloc = (destructor)KeyLines_dealloc,
+    .tp_as_sequence = &KeyLines_as_sequence,
+    .tp_methods = KeyLines_methods,
+};
+
 /* ------------------------------------------------------------------ the scanner */
 
 typedef struct {
@@ -531,7 +806,7 @@ typedef struct {
     Py_ssize_t prefix_size;
     uint64_t hash_start[8];
     Hashes *stored;        /* the stored hashes not yet matched */
-    PyObject *staged_at;   /* dict: key -> line */
+    KeyLines *keys;        /* the line of each staged key */
     PyObject *raws;        /* dict: line -> text, for up to ``keep`` records */
     Py_ssize_t keep;
     Buffer out;
@@ -543,7 +818,7 @@ static void Scanner_dealloc(Scanner *self) {
     Py_XDECREF(self->stored);
     PyMem_Free(self->matched.data);
     PyMem_Free(self->matched_at.data);
-    Py_XDECREF(self->staged_at);
+    Py_XDECREF(self->keys);
     Py_XDECREF(self->raws);
     PyMem_Free(self->prefix);
     PyMem_Free(self->out.data);
@@ -580,13 +855,13 @@ static int int_list(PyObject *seq, int *into, int *count, int limit, const char 
 static const char *kind_names[] = {"text", "integer", "decimal", "code", "date", "timestamp"};
 
 static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"fields", "order", "key", "prefix", "salt", "stored", "staged_at",
+    static char *kwlist[] = {"fields", "order", "key", "prefix", "salt", "stored", "keys",
                              "raws", "keep", NULL};
-    PyObject *fields, *order, *key, *stored, *staged_at, *raws;
+    PyObject *fields, *order, *key, *stored, *keys, *raws;
     Py_buffer prefix, salt;
     Py_ssize_t keep;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOy*y*OOOn", kwlist, &fields, &order, &key,
-                                     &prefix, &salt, &stored, &staged_at, &raws, &keep))
+                                     &prefix, &salt, &stored, &keys, &raws, &keep))
         return -1;
     int result = -1;
     PyObject *fast = NULL;
@@ -594,9 +869,13 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "salt: at most 64 bytes");
         goto done;
     }
-    if (!PyObject_TypeCheck(stored, &HashesType) || !PyDict_Check(staged_at) ||
+    if (!PyObject_TypeCheck(stored, &HashesType) || !PyObject_TypeCheck(keys, &KeyLinesType) ||
         !PyDict_Check(raws)) {
-        PyErr_SetString(PyExc_TypeError, "stored must be Hashes, staged_at and raws dicts");
+        PyErr_SetString(PyExc_TypeError, "stored must be Hashes, keys KeyLines, raws a dict");
+        goto done;
+    }
+    if (((KeyLines *)keys)->other == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
         goto done;
     }
     fast = PySequence_Fast(fields, "fields must be a sequence of (kind, size, optional)");
@@ -639,8 +918,8 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
     blake2b_keyed_start(self->hash_start, salt.buf, (size_t)salt.len);
     Py_INCREF(stored);
     Py_XSETREF(self->stored, (Hashes *)stored);
-    Py_INCREF(staged_at);
-    Py_XSETREF(self->staged_at, staged_at);
+    Py_INCREF(keys);
+    Py_XSETREF(self->keys, (KeyLines *)keys);
     Py_INCREF(raws);
     Py_XSETREF(self->raws, raws);
     self->keep = keep;
@@ -819,24 +1098,19 @@ static int record_out(Scanner *self, const uint8_t *p, Span *spans, Buffer *b) {
     return 1;
 }
 
-/* The key of a record: the text of its key field, or a tuple of them. */
-static PyObject *record_key(Scanner *self, const uint8_t *p, Span *spans) {
-    if (self->nkey == 1) {
-        Span s = spans[self->key[0]];
-        return PyUnicode_DecodeUTF8((const char *)p + s.start, s.end - s.start, NULL);
-    }
-    PyObject *key = PyTuple_New(self->nkey);
-    if (key == NULL) return NULL;
+/* The line of the record's key if an earlier record had it, else 0 after recording
+ * ``line`` for it; -1 on error. The key's text is written as ``keylines_text`` writes
+ * that of the str, or tuple of str, that Python reads for it. */
+static int64_t record_key_line(Scanner *self, const uint8_t *p, Span *spans, int64_t line) {
+    KeyLines *k = self->keys;
+    k->text.size = 0;
+    if (buffer_reserve(&k->text, 1) < 0) return -1;
+    put(&k->text, self->nkey == 1 ? "s" : "t", 1);
     for (int i = 0; i < self->nkey; i++) {
         Span s = spans[self->key[i]];
-        PyObject *part = PyUnicode_DecodeUTF8((const char *)p + s.start, s.end - s.start, NULL);
-        if (part == NULL) {
-            Py_DECREF(key);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(key, i, part);
+        if (keylines_part(k, (const char *)p + s.start, s.end - s.start) < 0) return -1;
     }
-    return key;
+    return keylines_digested(k, line);
 }
 
 PyDoc_STRVAR(scan_doc,
@@ -954,32 +1228,23 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
         if (buffer_reserve(b, n + self->prefix_size + 2 * self->norder + 32) < 0) goto done;
         Py_ssize_t before = b->size;
         if (!record_out(self, start, spans, b)) break;
-        PyObject *key = record_key(self, start, spans);
-        if (key == NULL) goto done;
-        int seen = PyDict_Contains(self->staged_at, key);
-        if (seen != 0) {
-            Py_DECREF(key);
-            if (seen < 0) goto done;
+        int64_t seen = record_key_line(self, start, spans, line + 1);
+        if (seen < 0) goto done;
+        if (seen) {
             b->size = before; /* a duplicate: Python rejects it */
             break;
         }
-        PyObject *at = PyLong_FromSsize_t(line + 1);
-        if (at == NULL || PyDict_SetItem(self->staged_at, key, at) < 0) {
-            Py_XDECREF(at);
-            Py_DECREF(key);
-            goto done;
-        }
-        Py_DECREF(key);
         if (PyDict_GET_SIZE(self->raws) < self->keep) {
-            PyObject *raw = PyUnicode_DecodeUTF8((const char *)start, n, NULL);
+            PyObject *at = PyLong_FromSsize_t(line + 1);
+            PyObject *raw = at ? PyUnicode_DecodeUTF8((const char *)start, n, NULL) : NULL;
             if (raw == NULL || PyDict_SetItem(self->raws, at, raw) < 0) {
                 Py_XDECREF(raw);
-                Py_DECREF(at);
+                Py_XDECREF(at);
                 goto done;
             }
             Py_DECREF(raw);
+            Py_DECREF(at);
         }
-        Py_DECREF(at);
         b->size += snprintf(b->data + b->size, 32, "\t%lld\n", (long long)digest);
         read++;
         written++;
@@ -1026,12 +1291,12 @@ static PyMethodDef Scanner_methods[] = {
     {NULL, NULL, 0, NULL}};
 
 PyDoc_STRVAR(Scanner_doc,
-"Scanner(fields, order, key, prefix, salt, stored, staged_at, raws, keep)\n\n"
+"Scanner(fields, order, key, prefix, salt, stored, keys, raws, keep)\n\n"
 "``fields``: per header field, (kind, size, optional) with kind one of text, integer,\n"
 "decimal (size: places), code (size: letters), date, timestamp. ``order``: the header\n"
 "positions written, in order; ``key``: those of the key. ``prefix``: bytes written\n"
-"before each line. ``salt``: the hash key. ``stored`` (Hashes), ``staged_at`` (key to\n"
-"line) and ``raws`` (line to text, up to ``keep`` of them) are the Python loop's state.");
+"before each line. ``salt``: the hash key. ``stored`` (Hashes), ``keys`` (KeyLines) and\n"
+"``raws`` (line to text, up to ``keep`` of them) are the Python loop's state.");
 
 static PyTypeObject ScannerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1052,7 +1317,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastcsv(void) {
     if (PyType_Ready(&ScannerType) < 0 || PyType_Ready(&HashesType) < 0 ||
-        PyType_Ready(&HashesIterType) < 0)
+        PyType_Ready(&HashesIterType) < 0 || PyType_Ready(&KeyLinesType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
@@ -1069,6 +1334,12 @@ PyMODINIT_FUNC PyInit__fastcsv(void) {
     Py_INCREF(&HashesType);
     if (PyModule_AddObject(m, "Hashes", (PyObject *)&HashesType) < 0) {
         Py_DECREF(&HashesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&KeyLinesType);
+    if (PyModule_AddObject(m, "KeyLines", (PyObject *)&KeyLinesType) < 0) {
+        Py_DECREF(&KeyLinesType);
         Py_DECREF(m);
         return NULL;
     }

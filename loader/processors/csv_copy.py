@@ -18,6 +18,7 @@ stores for the parsed values, so that plain records skip the parsers there too.
 from __future__ import annotations
 
 import array
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,6 +51,40 @@ class HashSet(Protocol):
 def hashes(values: Iterable[int] = ()) -> HashSet:
     """A set of row hashes: the compiled one when it is built, else a ``set``."""
     return set(values) if _fastcsv is None else _fastcsv.Hashes(values)
+
+
+class KeyLines(Protocol):
+    """The first line of each key one load staged, as a dict of key to line would hold it."""
+
+    def add(self, key: Any, line: int, /) -> int | None:
+        """The line of ``key`` if it has one; else None, and ``key`` now has ``line``."""
+
+    def line_of(self, key: Any, /) -> int:
+        """The line of ``key``; KeyError if it has none."""
+
+    def __len__(self) -> int: ...
+
+
+class _DictKeyLines(dict[Any, int]):
+    """``KeyLines`` as a dict, where ``loader._fastcsv`` is not built."""
+
+    def add(self, key: Any, line: int) -> int | None:
+        first = self.get(key)
+        if first is None:
+            self[key] = line
+        return first
+
+    def line_of(self, key: Any) -> int:
+        return self[key]
+
+
+def key_lines(expected: int = 0) -> KeyLines:
+    """An empty ``KeyLines`` with room for ``expected`` keys: the compiled one when it is
+    built, which keeps a key of text in about 20 bytes (most of a keyed 128-bit digest of
+    the key, and the line) where a dict takes about 115."""
+    if _fastcsv is None:
+        return _DictKeyLines()
+    return _fastcsv.KeyLines(os.urandom(16), expected)
 
 
 def hashes_to_bytes(*parts: Iterable[int]) -> bytes:
@@ -167,20 +202,21 @@ class RowPattern:
                    [list(header).index(name) for name in order])
 
     def scanner(self, key: Sequence[int], prefix: str, salt: bytes, stored: HashSet,
-                staged_at: dict[Any, int], raws: dict[int, str], keep: int) -> Any:
+                keys: KeyLines, raws: dict[int, str], keep: int) -> Any:
         """The compiled scanner for this pattern, or None when it is not built.
 
         ``key`` holds the positions in ``order`` of the key's fields; the rest is the
         state of the Python loop, which the scanner shares (see ``loader._fastcsv``).
-        Only the compiled ``hashes()`` can be shared: with any other ``stored``, or more
-        fields than the scanner takes, None.
+        Only the compiled ``hashes()`` and ``key_lines()`` can be shared: with any other
+        ``stored`` or ``keys``, or more fields than the scanner takes, None.
         """
         if (_fastcsv is None or not isinstance(stored, _fastcsv.Hashes)
+                or not isinstance(keys, _fastcsv.KeyLines)
                 or len(self.kinds) > _fastcsv.MAX_FIELDS):
             return None
         return _fastcsv.Scanner(self.kinds, self.positions,
                                 [self.positions[i] for i in key], prefix.encode(), salt,
-                                stored, staged_at, raws, keep)
+                                stored, keys, raws, keep)
 
     def fields(self, raw: str) -> tuple[str, ...] | None:
         found = self._match(raw)

@@ -484,7 +484,8 @@ class _FileLoad:
     extras: list[str]
     line_feeds: int  # in the file: about its number of records
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
-    _staged_at: dict[Any, int] = field(default_factory=dict)  # the line of each staged key
+    # The line of each staged key.
+    _staged_at: csv_copy.KeyLines = field(default_factory=csv_copy.key_lines)
     # The hash and line of each record that matched a stored hash, in file order.
     _matched: array.array[int] = field(default_factory=lambda: array.array("q"))
     _matched_at: array.array[int] = field(default_factory=lambda: array.array("q"))
@@ -517,6 +518,7 @@ class _FileLoad:
         columns = [(n, sql_type(self.table.col(n).type)) for n in names]
         columns.append((ROW_HASH, sa.BigInteger()))
         if direct:
+            self._staged_at = csv_copy.key_lines(self.line_feeds)  # every key, most likely
             write()
             if conn.dialect.name == "postgresql":
                 read, loaded = self._first_load_copy(conn, ctx, salt)
@@ -584,7 +586,7 @@ class _FileLoad:
             return restaged
         matched_at = self._matched_lines(set(clashes))
         for digest, own_value in clashes.items():
-            unchanged, parsed = matched_at[digest], self._staged_at[own_value]
+            unchanged, parsed = matched_at[digest], self._staged_at.line_of(own_value)
             if unchanged < parsed:
                 self._reject(parsed, self._raw(parsed), "duplicate_key")
                 values = iter((own_value,) if len(own) == 1 else own_value)
@@ -803,10 +805,9 @@ class _FileLoad:
                     values[i] for i in key_values)
                 extras = [None if i is None or fields[i] == "" else fields[i]
                           for i in extra_at]
-            if key in staged_at:
+            if staged_at.add(key, line) is not None:
                 self._reject(line, raw, "duplicate_key")
                 continue
-            staged_at[key] = line
             if len(raws) < keep:
                 raws[line] = raw
             emit(fast, values, extras, digest)

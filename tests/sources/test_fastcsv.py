@@ -13,6 +13,8 @@ import hashlib
 import os
 import random
 from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +91,11 @@ def pattern() -> RowPattern:
     return found
 
 
-def scanner(stored: Any = None, staged_at: dict[Any, int] | None = None,
+def scanner(stored: Any = None, keys: csv_copy.KeyLines | None = None,
             raws: dict[int, str] | None = None, keep: int = 0) -> Any:
     found = pattern().scanner([0], "part\t", SALT,
                               csv_copy.hashes() if stored is None else stored,
-                              {} if staged_at is None else staged_at,
+                              csv_copy.key_lines() if keys is None else keys,
                               {} if raws is None else raws, keep)
     assert found is not None
     return found
@@ -137,9 +139,9 @@ def test_a_record_is_taken_as_python_takes_it(raw: str) -> None:
     plain path takes it, except that a field with a non-ASCII first or last character
     is left to Python."""
     record = raw[:-1] if raw.endswith("\r") else raw  # the line end, as iter_raw reads it
-    staged: dict[Any, int] = {}
+    staged = csv_copy.key_lines()
     data = (raw + "\n").encode()
-    pos, lines, read, written, text, matched, _ = scanner(staged_at=staged).scan(data, 0, 4)
+    pos, lines, read, written, text, matched, _ = scanner(keys=staged).scan(data, 0, 4)
     assert matched == b""
     if record == "":
         assert (pos, lines, read, text) == (len(data), 5, 0, b"")
@@ -149,15 +151,15 @@ def test_a_record_is_taken_as_python_takes_it(raw: str) -> None:
         # it takes is checked by the next test.
         if read:
             assert text.decode().replace(",", ";") == quoted_text(record)
-            assert staged == {csvfile.split_fields(record)[0]: 5}
+            assert len(staged) == 1 and staged.line_of(csvfile.split_fields(record)[0]) == 5
         return
     expected = python_text(record)
     if read:
         assert (pos, lines, read, written) == (len(data), 5, 1, 1)
         assert text.decode() == expected
-        assert staged == {record.split(",")[0]: 5}
+        assert len(staged) == 1 and staged.line_of(record.split(",")[0]) == 5
     else:
-        assert (pos, lines, written, text, staged) == (0, 4, 0, b"", {})
+        assert (pos, lines, written, text, len(staged)) == (0, 4, 0, b"", 0)
         assert expected is None or ends_outside_ascii(record), record
 
 
@@ -204,7 +206,7 @@ def test_sqlite_stores_plain_text_as_it_stores_parsed_values(values: tuple[str, 
     convert = csv_copy.SqliteValues.of(pattern())
     expected = [(type(v), v) for v in stored_by_parsers(values)]
     assert [(type(v), v) for v in convert.row(fields)] == expected
-    found = pattern().scanner([0], "", SALT, csv_copy.hashes(), {}, {}, 0)
+    found = pattern().scanner([0], "", SALT, csv_copy.hashes(), csv_copy.key_lines(), {}, 0)
     _, _, read, _, text, _, _ = found.scan((raw + "\n").encode(), 0, 1)
     if read:  # the scanner leaves fields with a non-ASCII end to Python
         columns, digests = convert.columns(text.decode())
@@ -259,7 +261,7 @@ def test_the_hash_is_keyed_blake2b(data: bytes, salt: bytes) -> None:
     128-byte blocks too."""
     if not data:
         return
-    found = pattern().scanner([0], "", salt, csv_copy.hashes(), {}, {}, 0)
+    found = pattern().scanner([0], "", salt, csv_copy.hashes(), csv_copy.key_lines(), {}, 0)
     expected = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=salt).digest(), "big",
                               signed=True)
     assert found.record_hash(data) == expected
@@ -289,7 +291,7 @@ def test_a_stored_hash_is_matched_before_anything_else() -> None:
     same = "k1,2024-03-01,1,,,,x"
     other = "k2,2024-03-01,1,,,,y"
     stored = csv_copy.hashes([record_hash(same, SALT), 7])
-    staged: dict[Any, int] = {}
+    staged = csv_copy.key_lines()
     raws: dict[int, str] = {}
     found = scanner(stored, staged, raws, keep=5)
     _, lines, read, written, text, matched, matched_at = found.scan(
@@ -298,7 +300,7 @@ def test_a_stored_hash_is_matched_before_anything_else() -> None:
     assert list(array.array("q", matched)) == [record_hash(same, SALT)]
     assert list(array.array("q", matched_at)) == [11]
     assert sorted(stored) == [7] and len(stored) == 1
-    assert staged == {"k2": 12} and raws == {12: other}
+    assert len(staged) == 1 and staged.line_of("k2") == 12 and raws == {12: other}
     assert text.decode() == python_text(other)
 
 
@@ -341,7 +343,55 @@ def test_a_scanner_needs_its_state() -> None:
         _fastcsv.Scanner([("text", 0, False)], [0], [0], b"", b"", set(), {}, {}, 0)
     with pytest.raises(ValueError, match="pos"):
         scanner().scan(b"a\n", 5, 0)
-    assert pattern().scanner([0], "", SALT, set(), {}, {}, 0) is None
+    assert pattern().scanner([0], "", SALT, set(), csv_copy.key_lines(), {}, 0) is None
+    bare_keys = _fastcsv.KeyLines.__new__(_fastcsv.KeyLines)
+    with pytest.raises(RuntimeError, match="__init__"):
+        _fastcsv.Scanner([("text", 0, False)], [0], [0], b"", b"", csv_copy.hashes(),
+                         bare_keys, {}, 0)
+    for call in (lambda: bare_keys.add("a", 1), lambda: bare_keys.line_of("a")):
+        with pytest.raises(RuntimeError, match="__init__"):
+            call()
+    with pytest.raises(ValueError, match="16 bytes"):
+        _fastcsv.KeyLines(b"short")
+    with pytest.raises(ValueError, match="line"):
+        csv_copy.key_lines().add("a", 0)
+    with pytest.raises(OverflowError, match="2\\^40"):
+        csv_copy.key_lines().add("a", 2**40)
+
+
+# Keys as loads stage them: text, tuples of text, and parsed values (numbers that
+# compare equal across types, dates), with a lone surrogate, which has no UTF-8.
+_KEY_PART = st.one_of(st.text(max_size=6), st.sampled_from(["", "a", "\ud800", "s", "t"]),
+                      st.integers(-3, 3), st.sampled_from([1.0, 2.5, Decimal("1"), True]),
+                      st.dates(date(2024, 1, 1), date(2024, 1, 3)))
+KEYS = st.one_of(_KEY_PART, st.tuples(_KEY_PART), st.tuples(_KEY_PART, _KEY_PART),
+                 st.tuples(st.text(max_size=3), st.text(max_size=3)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(KEYS, max_size=60), st.lists(KEYS, max_size=20),
+       st.sampled_from([0, 1, 3000, 5000]), st.integers(1, 2**40 - 4000))
+def test_key_lines_behave_as_a_dict(added: list[Any], asked: list[Any], expected: int,
+                                    first: int) -> None:
+    """The compiled ``KeyLines`` answers as a dict of key to first line: the same earlier
+    lines, the same keys known, the same size, sized for the keys expected or not, up to
+    the last line it holds."""
+    ours, model = csv_copy.key_lines(expected), csv_copy._DictKeyLines()
+    assert type(ours) is not type(model)
+    many = [f"N-{n:06d}" for n in range(3000)]  # past the first growths
+    for line, key in enumerate([*added, *many, *added], start=first):
+        assert ours.add(key, line) == model.add(key, line)
+    assert len(ours) == len(model)
+    for key in [*added, *asked, *many[::97]]:
+        try:
+            expected: int | None = model.line_of(key)
+        except KeyError:
+            expected = None
+        if expected is None:
+            with pytest.raises(KeyError):
+                ours.line_of(key)
+        else:
+            assert ours.line_of(key) == expected
 
 
 @settings(max_examples=200, deadline=None)

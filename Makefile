@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-all lint bench bench-quick clean
+.PHONY: help demo test test-all lint bench bench-quick bench-memory clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t16
@@ -31,6 +31,9 @@ bench: $(STAMP) ## Load-time benchmarks at full scale (PostgreSQL and SQLite); m
 
 bench-quick: $(STAMP) ## The same benchmarks at a small scale, as a smoke run
 	$(BIN)/python -m benchmarks --quick
+
+bench-memory: $(STAMP) ## Peak memory of each phase at 0.2, 1, 2 and 4 million rows; minutes
+	$(BIN)/python -m benchmarks.memory_scale --rows 200000,1000000,2000000,4000000
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -270,8 +270,10 @@ static void put(Buffer *b, const void *p, Py_ssize_t n) {
 
 /* ------------------------------------------------------------------ a set of hashes */
 
-/* The row hashes stored by the previous load, as a set of int64 with open addressing:
- * the hashes are BLAKE2b output, so their low bits spread well after a multiply. */
+/* The row hashes stored by the previous load, as a set of int64 with open addressing,
+ * at most four fifths full (removed slots count as full until the next resize): about
+ * 11 bytes a hash. The hashes are BLAKE2b output; after a multiply their top 32 bits,
+ * scaled to the table (of any size below 2^32), pick the first slot to look at. */
 typedef struct {
     PyObject_HEAD
     int64_t *values;
@@ -283,19 +285,27 @@ static PyTypeObject HashesType;
 
 static Py_ssize_t slot_of(const Hashes *h, int64_t value) {
     uint64_t mixed = (uint64_t)value * 0x9E3779B97F4A7C15ULL;
-    return (Py_ssize_t)(mixed >> 32) & (h->capacity - 1);
+    return (Py_ssize_t)(((mixed >> 32) * (uint64_t)h->capacity) >> 32);
+}
+
+static Py_ssize_t next_slot(const Hashes *h, Py_ssize_t i) {
+    return i + 1 == h->capacity ? 0 : i + 1;
 }
 
 /* The slot holding ``value``, else -1. */
 static Py_ssize_t hashes_find(const Hashes *h, int64_t value) {
     if (h->capacity == 0) return -1;
-    for (Py_ssize_t i = slot_of(h, value);; i = (i + 1) & (h->capacity - 1)) {
+    for (Py_ssize_t i = slot_of(h, value);; i = next_slot(h, i)) {
         if (h->state[i] == 0) return -1;
         if (h->state[i] == 1 && h->values[i] == value) return i;
     }
 }
 
 static int hashes_resize(Hashes *h, Py_ssize_t capacity) {
+    if ((uint64_t)capacity >= (UINT64_C(1) << 32)) {
+        PyErr_SetString(PyExc_OverflowError, "Hashes: too many hashes");
+        return -1;
+    }
     int64_t *values = PyMem_Calloc(capacity, sizeof *values);
     uint8_t *state = PyMem_Calloc(capacity, 1);
     if (values == NULL || state == NULL) {
@@ -314,7 +324,7 @@ static int hashes_resize(Hashes *h, Py_ssize_t capacity) {
     for (Py_ssize_t j = 0; j < old_capacity; j++) {
         if (old_state[j] != 1) continue;
         Py_ssize_t i = slot_of(h, old_values[j]);
-        while (state[i]) i = (i + 1) & (capacity - 1);
+        while (state[i]) i = next_slot(h, i);
         state[i] = 1;
         values[i] = old_values[j];
     }
@@ -323,20 +333,20 @@ static int hashes_resize(Hashes *h, Py_ssize_t capacity) {
     return 0;
 }
 
-/* The capacity a set grows to for ``count`` hashes: a power of two, a third full. */
+/* The capacity that holds ``count`` hashes four fifths full. */
 static Py_ssize_t capacity_for(Py_ssize_t count) {
-    Py_ssize_t capacity = 1024;
-    while (capacity < count * 3) capacity *= 2;
-    return capacity;
+    Py_ssize_t capacity = count + count / 4 + 1;
+    return capacity < 1024 ? 1024 : capacity;
 }
 
 static int hashes_add(Hashes *h, int64_t value) {
-    if ((h->used + 1) * 2 > h->capacity && hashes_resize(h, capacity_for(h->count + 1)) < 0)
+    if ((h->used + 1) * 5 > h->capacity * 4 &&
+        hashes_resize(h, capacity_for(2 * (h->count + 1))) < 0)
         return -1;
     Py_ssize_t i = slot_of(h, value);
     while (h->state[i]) {
         if (h->state[i] == 1 && h->values[i] == value) return 0;
-        i = (i + 1) & (h->capacity - 1);
+        i = next_slot(h, i);
     }
     h->state[i] = 1;
     h->values[i] = value;
@@ -435,7 +445,7 @@ static PyObject *Hashes_from_bytes(PyObject *cls, PyObject *arg) {
     }
     h = (Hashes *)PyObject_CallNoArgs(cls);
     if (h == NULL) goto done;
-    /* Room for them all at once, as ``hashes_add`` would grow it: no rehashing. */
+    /* Room for them all at once: no rehashing. */
     Py_ssize_t capacity = capacity_for(view.len / 8 + 1);
     if (capacity > h->capacity && hashes_resize(h, capacity) < 0) {
         Py_CLEAR(h);

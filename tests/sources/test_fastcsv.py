@@ -396,20 +396,31 @@ def test_key_lines_behave_as_a_dict(added: list[Any], asked: list[Any], expected
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
-       st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50))
-def test_hashes_behave_as_a_set(values: list[int], removed: list[int]) -> None:
+       st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50),
+       st.sampled_from([0, 900, 4000]), st.integers(-(2**63), 2**63 - 5000))
+def test_hashes_behave_as_a_set(values: list[int], removed: list[int], more: int,
+                                start: int) -> None:
+    """The compiled set answers as a set: through growth, with removed slots among the
+    taken ones, and when read from bytes."""
     ours, model = csv_copy.hashes(values), set(values)
     for value in removed + values[::3]:
         ours.discard(value)
         model.discard(value)
+    run = range(start, start + more)  # past the first growths, after the removals
+    for value in run:
+        ours.add(value)
+        model.add(value)
+    for value in run[::2]:
+        ours.discard(value)
+        model.discard(value)
     assert len(ours) == len(model)
     assert sorted(ours) == sorted(model)
-    assert all((v in ours) == (v in model) for v in values + removed)
-    data = b"".join(v.to_bytes(8, "big", signed=True) for v in values)
-    assert sorted(csv_copy.hashes_from_bytes(data)) == sorted(set(values))
+    assert all((v in ours) == (v in model) for v in [*values, *removed, *run])
+    data = b"".join(v.to_bytes(8, "big", signed=True) for v in [*values, *run])
+    assert sorted(csv_copy.hashes_from_bytes(data)) == sorted({*values, *run})
     with pytest.MonkeyPatch.context() as patch:  # and without the extension
         patch.setattr(csv_copy, "_fastcsv", None)
-        assert csv_copy.hashes_from_bytes(data) == set(values)
+        assert csv_copy.hashes_from_bytes(data) == {*values, *run}
 
 
 # --------------------------------------------------------------------------- whole loads

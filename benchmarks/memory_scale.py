@@ -35,6 +35,7 @@ from benchmarks.sales_bench import (
     NIGHTLY,
     REFRESH,
     RESULTS,
+    PhaseFailed,
     child_env,
     code_state,
     log,
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         engine.dispose()
     work = Path(tempfile.mkdtemp(prefix="memory_scale_"))
     peaks: list[Peak] = []
+    failed = None
     try:
         for rows in args.rows:
             scale = scale_for(argparse.Namespace(quick=False, rows=rows))
@@ -190,14 +192,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                 peaks += run_scale(dialect, rows, pristine, work, args.pg_url,
                                    900 + rows / 40)
             shutil.rmtree(pristine, ignore_errors=True)
+    except PhaseFailed as exc:
+        failed = str(exc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     markdown = report(peaks, args.rows, args.dialects, command, versions)
+    if failed:
+        markdown += f"\n**A run failed; the phases after it were not run.**\n\n```\n{failed}\n```\n"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"memory-{'-'.join(args.dialects)}.md"
     path.write_text(markdown)
     print(markdown)
     log(f"written: {path}")
+    if failed:
+        log(failed)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

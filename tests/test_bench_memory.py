@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from benchmarks import memory_scale
 from benchmarks.memory_scale import (
     PHASES,
     Peak,
@@ -12,6 +15,7 @@ from benchmarks.memory_scale import (
     peak_ratio,
     report,
 )
+from benchmarks.sales_bench import PhaseFailed
 
 
 def peak(rows: int, mib: float, phase: str = "noop", dialect: str = "sqlite") -> Peak:
@@ -48,3 +52,27 @@ def test_bad_options_are_refused() -> None:
     for bad in (["--rows", "2k"], ["--rows", "500"], ["--dialects", "mysql"], ["--rows", ","]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_a_failed_run_ends_the_series_with_what_was_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase that fails stops the series; the report keeps the scales measured before it
+    and says what failed, and the exit status is 1."""
+    calls: list[int] = []
+
+    def run_scale(dialect: str, rows: int, *args: object) -> list[Peak]:
+        calls.append(rows)
+        if rows > 1_000:
+            raise PhaseFailed(f"{dialect} {rows:,} noop: exit 1: boom")
+        return [peak(rows, 90, phase) for phase, _ in PHASES]
+
+    monkeypatch.setattr(memory_scale, "generate", lambda *args: None)
+    monkeypatch.setattr(memory_scale, "run_scale", run_scale)
+    with pytest.raises(SystemExit) as exit_:
+        memory_scale.main(["--rows", "1000,2000,4000", "--dialects", "sqlite",
+                           "--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert calls == [1_000, 2_000]
+    text = (tmp_path / "memory-sqlite.md").read_text()
+    assert "| refresh, nothing changed | 90 (1.50 s) | — | — | — | — |" in text
+    assert "A run failed" in text and "sqlite 2,000 noop: exit 1: boom" in text

@@ -41,6 +41,7 @@ from benchmarks.sales_bench import (
     log,
     run_child,
     scale_for,
+    schema_url,
 )
 from loader.salesdata import edit_sales, generate
 
@@ -88,8 +89,7 @@ def run_scale(dialect: str, rows: int, pristine: Path, work: Path, pg_url: str,
         schema = f"mbench_{uuid.uuid4().hex[:8]}"
         with engine.begin() as conn:
             conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        base = sa.make_url(pg_url).render_as_string(hide_password=False)
-        url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+        url = schema_url(pg_url, schema)
     else:
         url = f"sqlite:///{where / 'warehouse.db'}"
     peaks = []

@@ -220,6 +220,14 @@ def tree_hwm_kb(pid: int) -> int:
 # --------------------------------------------------------------------------- warehouses
 
 
+def schema_url(url: str, schema: str) -> str:
+    """``url`` with ``schema`` as the search path (replacing any ``options`` it had)."""
+    base = sa.make_url(url).difference_update_query(["options"])
+    rendered = base.render_as_string(hide_password=False)
+    sep = "&" if "?" in rendered else "?"
+    return f"{rendered}{sep}options=-csearch_path%3D{schema}"
+
+
 class Postgres:
     """The PostgreSQL server: fresh schemas (dropped at the end), URLs for them."""
 
@@ -242,10 +250,7 @@ class Postgres:
             self.bench.schemas.remove(name)
 
     def schema_url(self, name: str) -> str:
-        base = sa.make_url(self.url).difference_update_query(["options"])
-        rendered = base.render_as_string(hide_password=False)
-        sep = "&" if "?" in rendered else "?"
-        return f"{rendered}{sep}options=-csearch_path%3D{name}"
+        return schema_url(self.url, name)
 
     def checkpoint(self) -> None:
         """Start each timed run from a clean checkpoint, when allowed (superuser)."""

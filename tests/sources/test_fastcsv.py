@@ -384,14 +384,14 @@ def test_key_lines_behave_as_a_dict(added: list[Any], asked: list[Any], expected
     assert len(ours) == len(model)
     for key in [*added, *asked, *many[::97]]:
         try:
-            expected: int | None = model.line_of(key)
+            known: int | None = model.line_of(key)
         except KeyError:
-            expected = None
-        if expected is None:
+            known = None
+        if known is None:
             with pytest.raises(KeyError):
                 ours.line_of(key)
         else:
-            assert ours.line_of(key) == expected
+            assert ours.line_of(key) == known
 
 
 @settings(max_examples=200, deadline=None)

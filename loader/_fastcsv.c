@@ -653,7 +653,7 @@ static int64_t keylines_digested(KeyLines *k, int64_t line) {
 }
 
 /* A text part of a key, written as its length and its UTF-8 bytes. The text of a key
- * is "s" and its one part, or "t" and each part of a tuple. */
+ * is "s" and its one part, or "t" and each part of a tuple (``keylines_start``). */
 static int keylines_part(KeyLines *k, const char *p, Py_ssize_t n) {
     if (buffer_reserve(&k->text, n + 8) < 0) return -1;
     uint64_t size = (uint64_t)n;
@@ -662,35 +662,43 @@ static int keylines_part(KeyLines *k, const char *p, Py_ssize_t n) {
     return 0;
 }
 
+/* Begin a key's text in ``k->text``: "s" for a str, "t" for a tuple. */
+static int keylines_start(KeyLines *k, int tuple) {
+    k->text.size = 0;
+    if (buffer_reserve(&k->text, 1) < 0) return -1;
+    put(&k->text, tuple ? "t" : "s", 1);
+    return 0;
+}
+
+/* Add ``o`` to the key's text: 1, or 0 when it is not text, -1 on error. */
+static int keylines_str(KeyLines *k, PyObject *o) {
+    if (!PyUnicode_Check(o)) return 0;
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(o, &n);
+    if (p == NULL) { /* a lone surrogate: the key is kept as it is */
+        PyErr_Clear();
+        return 0;
+    }
+    return keylines_part(k, p, n) < 0 ? -1 : 1;
+}
+
 /* Write the text of ``key`` to ``k->text``: 1, or 0 when it is not text, -1 on error. */
 static int keylines_text(KeyLines *k, PyObject *key) {
-    k->text.size = 0;
-    if (PyUnicode_Check(key)) {
-        Py_ssize_t n;
-        const char *p = PyUnicode_AsUTF8AndSize(key, &n);
-        if (p == NULL) { /* a lone surrogate: kept as it is */
-            PyErr_Clear();
-            return 0;
-        }
-        if (buffer_reserve(&k->text, 1) < 0) return -1;
-        put(&k->text, "s", 1);
-        return keylines_part(k, p, n) < 0 ? -1 : 1;
-    }
-    if (!PyTuple_Check(key)) return 0;
-    if (buffer_reserve(&k->text, 1) < 0) return -1;
-    put(&k->text, "t", 1);
+    int tuple = PyTuple_Check(key);
+    if (keylines_start(k, tuple) < 0) return -1;
+    if (!tuple) return keylines_str(k, key);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(key); i++) {
-        PyObject *part = PyTuple_GET_ITEM(key, i);
-        if (!PyUnicode_Check(part)) return 0;
-        Py_ssize_t n;
-        const char *p = PyUnicode_AsUTF8AndSize(part, &n);
-        if (p == NULL) {
-            PyErr_Clear();
-            return 0;
-        }
-        if (keylines_part(k, p, n) < 0) return -1;
+        int text = keylines_str(k, PyTuple_GET_ITEM(key, i));
+        if (text <= 0) return text;
     }
     return 1;
+}
+
+/* Whether ``__init__`` ran; else a RuntimeError is set. */
+static int keylines_ready(KeyLines *k) {
+    if (k->other != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
+    return 0;
 }
 
 static int KeyLines_init(KeyLines *self, PyObject *args, PyObject *kwds) {
@@ -732,11 +740,7 @@ PyDoc_STRVAR(keylines_add_doc,
 static PyObject *KeyLines_add(KeyLines *self, PyObject *args) {
     PyObject *key;
     long long line;
-    if (!PyArg_ParseTuple(args, "OL", &key, &line)) return NULL;
-    if (self->other == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
-        return NULL;
-    }
+    if (!PyArg_ParseTuple(args, "OL", &key, &line) || !keylines_ready(self)) return NULL;
     if (line < 1) {
         PyErr_SetString(PyExc_ValueError, "line: from 1");
         return NULL;
@@ -761,10 +765,7 @@ static PyObject *KeyLines_add(KeyLines *self, PyObject *args) {
 }
 
 static PyObject *KeyLines_line_of(KeyLines *self, PyObject *key) {
-    if (self->other == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
-        return NULL;
-    }
+    if (!keylines_ready(self)) return NULL;
     int text = keylines_text(self, key);
     if (text < 0) return NULL;
     if (text) {
@@ -884,10 +885,7 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "stored must be Hashes, keys KeyLines, raws a dict");
         goto done;
     }
-    if (((KeyLines *)keys)->other == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "KeyLines.__init__ was not called");
-        goto done;
-    }
+    if (!keylines_ready((KeyLines *)keys)) goto done;
     fast = PySequence_Fast(fields, "fields must be a sequence of (kind, size, optional)");
     if (fast == NULL) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
@@ -1113,9 +1111,7 @@ static int record_out(Scanner *self, const uint8_t *p, Span *spans, Buffer *b) {
  * that of the str, or tuple of str, that Python reads for it. */
 static int64_t record_key_line(Scanner *self, const uint8_t *p, Span *spans, int64_t line) {
     KeyLines *k = self->keys;
-    k->text.size = 0;
-    if (buffer_reserve(&k->text, 1) < 0) return -1;
-    put(&k->text, self->nkey == 1 ? "s" : "t", 1);
+    if (keylines_start(k, self->nkey > 1) < 0) return -1;
     for (int i = 0; i < self->nkey; i++) {
         Span s = spans[self->key[i]];
         if (keylines_part(k, (const char *)p + s.start, s.end - s.start) < 0) return -1;

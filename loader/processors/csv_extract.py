@@ -484,8 +484,8 @@ class _FileLoad:
     extras: list[str]
     line_feeds: int  # in the file: about its number of records
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
-    # The line of each staged key.
-    _staged_at: csv_copy.KeyLines = field(default_factory=csv_copy.key_lines)
+    # The line of each staged key (made by ``load``, sized for what it stages).
+    _staged_at: csv_copy.KeyLines = field(init=False)
     # The hash and line of each record that matched a stored hash, in file order.
     _matched: array.array[int] = field(default_factory=lambda: array.array("q"))
     _matched_at: array.array[int] = field(default_factory=lambda: array.array("q"))
@@ -517,8 +517,9 @@ class _FileLoad:
         data = [n for n in names if n not in x.key]
         columns = [(n, sql_type(self.table.col(n).type)) for n in names]
         columns.append((ROW_HASH, sa.BigInteger()))
+        # A first load stages every key, most likely; a reload the changed records' keys.
+        self._staged_at = csv_copy.key_lines(self.line_feeds if direct else 0)
         if direct:
-            self._staged_at = csv_copy.key_lines(self.line_feeds)  # every key, most likely
             write()
             if conn.dialect.name == "postgresql":
                 read, loaded = self._first_load_copy(conn, ctx, salt)

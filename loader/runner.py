@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import signals
+
 from loader import flow as flows
 from loader import history, tasks
 from loader.celery_app import app, embedded, run_failed
@@ -32,10 +34,22 @@ from loader.warehouse import Warehouse
 
 FINISHED = {"SUCCESS", "FAILURE", "REVOKED"}
 # How often the watcher reads the tasks' states: in-process they are in memory, and a
-# short run ends sooner after its last task; from a broker's backend, less often.
+# short run ends sooner after its last task; from a broker's backend, less often. A task
+# that ends in this process (the embedded worker) wakes the watcher at once.
 POLL_EMBEDDED = 0.05
 POLL_BROKER = 0.2
 ACTIVE = {"STARTED", "PROGRESS", "RETRY", "RECEIVED"}
+
+# Set when a task ends in this process. Celery stores a task's state before it sends
+# task_postrun, so a watcher woken by it reads the state that woke it.
+_task_ended = threading.Event()
+
+
+def _wake_watcher(**kwargs: Any) -> None:
+    _task_ended.set()
+
+
+signals.task_postrun.connect(_wake_watcher, weak=False)
 
 
 @dataclass
@@ -203,7 +217,8 @@ def _watch(states: list[TaskState], watcher: Watcher, poll: float
             return "failed", failed[0]
         if all(s.state == "SUCCESS" for s in states):
             return "succeeded", None
-        time.sleep(poll)
+        _task_ended.wait(poll)
+        _task_ended.clear()
 
 
 def _run_error(wh: Warehouse, run_id: int, status: str, failed: TaskState | None,

@@ -49,3 +49,17 @@ def test_the_in_process_broker_is_polled_often_and_a_broker_elsewhere_gently(
     assert polling() == 0.3
     monkeypatch.delenv("LOADER_BROKER_URL")
     assert polling() == 0.3
+
+
+def test_the_watcher_wakes_when_an_in_process_task_ends(tmp_path: Path) -> None:
+    """In-process, a run ends when its last task does, not at the watcher's next look:
+    with a 30 s poll, a one-task flow returns long before 30 s."""
+    wh = Warehouse(f"sqlite:///{tmp_path}/wh.db")
+    try:
+        flow = Flow(chain(step(Mark("emb_wakes", provides=("emb.w",)))), mode="full",
+                    name="emb.wakes")
+        report = run_flow(wh, flow, poll=30)
+        assert report.ok, report.error
+        assert report.seconds < 10
+    finally:
+        wh.dispose()

@@ -317,11 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nMachine: {machine()}; load average (1 min) {load[0]:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end")
     print(f"\nVersions: {versions(args.url, args.redis)}")
-    from loader.runner import POLL_BROKER, POLL_EMBEDDED
+    from loader.runner import POLL_BROKER
 
     print("\nSeconds are the runner's own (lock taken to the watcher seeing the last task "
-          f"done; it polls every {POLL_EMBEDDED} s in-process, {POLL_BROKER} s with "
-          "workers), not process start-up. Overhead per task is "
+          f"done; in-process it wakes as each task ends, with workers it polls every "
+          f"{POLL_BROKER} s), not process start-up. Overhead per task is "
           "(T(N) - T(1)) / (N - 1); the next three columns come from the history of the "
           "N-task run: mean start-to-start of consecutive tasks, a task run's recorded "
           "start to end (history rows, dedup check, processor), and one task's end to the "

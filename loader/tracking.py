@@ -106,6 +106,21 @@ def physical_name(table: str) -> str:
     return f"{table}{PHYSICAL_SUFFIX}"
 
 
+def written_after(conn: Connection, tables: Iterable[str], since: datetime) -> bool:
+    """Whether a run after ``since`` wrote to any of these tracked tables.
+
+    Every write (a new row, a changed cell, a deletion, a revival) stamps the row's
+    ``_changed_at`` with its run's timestamp, so one indexed look a table tells.
+    """
+    after = stamp_literal(since)
+    for name in tables:
+        t = sa.table(physical_name(name), sa.column(CHANGED_AT, Stamp()))
+        if conn.execute(sa.select(sa.literal(1)).where(t.c[CHANGED_AT] > after)
+                        .limit(1)).first() is not None:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Col:
     """A column of a tracked table: a name and a type name (see ``coltypes``)."""

@@ -34,6 +34,7 @@ from loader.tracking import (
     require_table,
     stamp,
     stamp_literal,
+    written_after,
 )
 
 FUNCTIONS = ("count", "sum", "min", "max")
@@ -125,7 +126,7 @@ class Aggregate:
                                                           self.version, ctx.full)
             if since is None:
                 self._rebuild_all(conn, ctx, source, target, members, result)
-            else:
+            elif written_after(conn, [self.source], since):
                 self._rebuild_touched(conn, ctx, source, target, members, since, result)
             result.watermark_after = consumed(conn, self.name, [self.source], ctx.run_ts,
                                               self.version)

@@ -39,6 +39,7 @@ from loader.tracking import (
     require_table,
     stamp,
     stamp_literal,
+    written_after,
 )
 
 Compute = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -132,7 +133,8 @@ class Derive:
             since, result.watermark_before = consume_from(conn, self.name, inputs,
                                                           self.version, ctx.full)
             result.details["mode"] = "incremental" if since is not None else "all rows"
-            rebuild = self._recompute(conn, ctx, table, rows, since, result)
+            rebuild = ([] if since is not None and not written_after(conn, inputs, since)
+                       else self._recompute(conn, ctx, table, rows, since, result))
             if not rebuild:
                 ensure_indexes(conn, table)
             result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)

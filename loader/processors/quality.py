@@ -25,7 +25,7 @@ from loader.errors import ConfigError
 from loader.processors._select import Lookup, RowSet
 from loader.processors.base import Context, Result
 from loader.state import consume_from, consumed
-from loader.tracking import DELETED_AT, TrackedTable
+from loader.tracking import DELETED_AT, TrackedTable, written_after
 
 Check = Callable[[Mapping[str, Any]], str | None]
 Values = Mapping[str, sa.ColumnElement[Any]]
@@ -93,7 +93,8 @@ class Quality:
             inputs = [self.table, *(lookup.table for lookup in self.lookups)]
             since, result.watermark_before = consume_from(conn, self.name, inputs,
                                                           self.version, ctx.full)
-            self._check(conn, ctx, rows, since, result)
+            if since is None or written_after(conn, inputs, since):
+                self._check(conn, ctx, rows, since, result)
             result.watermark_after = consumed(conn, self.name, inputs, ctx.run_ts, self.version)
         return result
 

@@ -330,16 +330,29 @@ def ensure_indexes(conn: Connection, table: TrackedTable) -> None:
 
     (A bulk write on PostgreSQL may drop them and build them again after committing.)
     """
-    inspector = sa.inspect(conn)
     physical = table.table
     key = physical.primary_key
-    if conn.dialect.name == "postgresql" and key.columns and not \
-            inspector.get_pk_constraint(table.physical)["constrained_columns"]:
+    existing, keyed = _index_names(conn, table.physical)
+    if conn.dialect.name == "postgresql" and key.columns and not keyed:
         conn.execute(sa.schema.AddConstraint(key))
-    existing = {ix["name"] for ix in inspector.get_indexes(table.physical)}
     for index in physical.indexes:
         if index.name not in existing:
             index.create(conn)
+
+
+def _index_names(conn: Connection, table: str) -> tuple[set[str], bool]:
+    """The names of ``table``'s indexes, and whether it has a primary key (on SQLite,
+    where the key is part of the table, always): one catalog query, where SQLAlchemy's
+    reflection of the same takes four on PostgreSQL."""
+    quoted = conn.dialect.identifier_preparer.quote(table)
+    if conn.dialect.name == "postgresql":
+        found = conn.execute(sa.text(
+            "SELECT c.relname, x.indisprimary FROM pg_index x"
+            " JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = to_regclass(:t)"),
+            {"t": quoted}).all()
+        return {row[0] for row in found}, any(row[1] for row in found)
+    found = conn.exec_driver_sql(f"PRAGMA index_list({quoted})").all()
+    return {row[1] for row in found}, True
 
 
 def create_view(conn: Connection, table: TrackedTable) -> None:

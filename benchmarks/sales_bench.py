@@ -349,6 +349,30 @@ def run_phase(bench: Bench, dialect: str, rep: int, phase: str, flow: str, data:
     return sample
 
 
+def run_from_shell(bench: Bench, dialect: str, rep: int, data: Path, url: str, base: Sample,
+                   pg: Postgres | None) -> Sample:
+    """A no-op ``sales.refresh`` as a user starts it, ``loader run``, timed from the
+    command's start to its exit: interpreter start-up, imports and the migration check
+    included. ``steps`` holds the runner's own seconds, as the other phases report."""
+    if pg:
+        pg.checkpoint()
+    args = [LOADER, "run", REFRESH, "--warehouse", url, "-p", f"data_dir={data}", "--json"]
+    started = time.perf_counter()
+    result, rss = run_child(args, env=child_env(), timeout=bench.timeout,
+                            what=f"{dialect} noop from the shell")
+    wall = time.perf_counter() - started
+    if result.get("status") != "succeeded":
+        raise PhaseFailed(f"{dialect} noop from the shell failed: {result.get('error')}",
+                          result)
+    sample = Sample(dialect, "noop_shell", rep, wall, base.seconds, rss, changed=0,
+                    steps={"runner": float(result["seconds"])}, counts=loader_counts(url))
+    bench.samples.append(sample)
+    compare(bench, dialect, f"r{rep} noop from the shell", sample.counts, base.counts)
+    log(f"  noop from the shell: {wall:.2f} s (the runner's {result['seconds']:.2f} s)"
+        f"  ({_mib(rss)} MiB)")
+    return sample
+
+
 def _dt(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
@@ -462,6 +486,8 @@ def repetition(bench: Bench, dialect: str, rep: int, pg: Postgres | None,
                 run_distributed(bench, rep, count, data, pg, base)
         step = "noop"
         run_phase(bench, dialect, rep, step, REFRESH, data, url, base, pg, changed=0)
+        step = "noop_shell"
+        run_from_shell(bench, dialect, rep, data, url, base, pg)
         for k, fraction in enumerate(FRACTIONS):
             edited = edit_sales(data, fraction, 1000 * rep + k)["edited"]
             step = "baseline"

@@ -5,8 +5,9 @@ The same scripts serve ``alembic upgrade head`` at the repository root and
 PostgreSQL an advisory lock keeps two workers from migrating at once.
 
 Alembic is imported only to migrate: a warehouse already at :data:`HEAD` is
-told by one query of its version table, and every ``loader`` command and
-worker starts without Alembic's import (about 0.1 s).
+told by one query of its version table, so ``loader`` commands and workers
+open it without importing Alembic or reading the scripts (0.17 s of a no-op
+``loader run``).
 """
 
 from __future__ import annotations

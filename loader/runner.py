@@ -182,8 +182,8 @@ def _collector_skips_what_exists() -> Iterator[None]:
 
     They outlive the run, and each full collection during it would walk them all again
     while holding the GIL, stopping the tasks' threads. At 1,000,000 sales, a nightly
-    spent 0.12 s in three full collections and a 1% refresh 61 ms in one; with them left
-    out, 6 ms and none.
+    spent 0.12 to 0.15 s in three full collections and a 1% refresh 61 ms in one; with
+    them left out, 6 ms and none.
     """
     gc.freeze()
     try:

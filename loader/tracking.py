@@ -110,7 +110,8 @@ def written_after(conn: Connection, tables: Iterable[str], since: datetime) -> b
     """Whether a run after ``since`` wrote to any of these tracked tables.
 
     Every write (a new row, a changed cell, a deletion, a revival) stamps the row's
-    ``_changed_at`` with its run's timestamp, so one indexed look a table tells.
+    ``_changed_at`` with its run's timestamp, so one look at each table's index on it
+    tells.
     """
     after = stamp_literal(since)
     for name in tables:

@@ -1,5 +1,6 @@
 """The loader's own tables: runs, task runs, watermarks, locks, schema history,
-the registry of tracked tables, loaded sources, rejects and exceptions.
+the registry of tracked tables, loaded sources, remembered table sums, rejects and
+exceptions.
 
 They are created and upgraded by the Alembic migrations in ``migrations/``;
 these definitions are what the code queries, and a test checks that they
@@ -102,6 +103,19 @@ sources = sa.Table(
     # The row hashes of the partition's live rows after the load, 8 bytes each (big-endian);
     # NULL when not kept (a first load, or loads before migration 0004).
     sa.Column("row_hashes", sa.LargeBinary),
+)
+
+# A value computed over a whole table, kept while the table is not written to (see
+# ``loader.facts``): the trigger that counts its writes, and the count when computed.
+table_facts = sa.Table(
+    "loader_table_facts", metadata,
+    sa.Column("table_name", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("trigger_oid", sa.BigInteger, nullable=False),
+    sa.Column("writes", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),  # JSON
+    sa.Column("run_id", sa.Integer),
+    sa.Column("computed_at", sa.DateTime, nullable=False),
 )
 
 rejects = sa.Table(

@@ -116,10 +116,12 @@ def _indexes(conn: Connection, table: str) -> list[tuple[str, str | None, str]]:
 
 # What may depend on a table that is swapped for a rewritten copy: its row type, its
 # indexes and TOAST table, its key, unique and check constraints, its column defaults,
-# and the view that shows it. Anything else (a foreign key, another view, a trigger, a
-# policy, statistics, an owned sequence...) would be lost or would block the swap, and
-# so would the table's settings, or its being in another schema than the current one
-# (where the copy and the view are made).
+# the view that shows it, and the trigger that counts its writes (``loader.facts``:
+# dropped with the old table, it tells that values remembered over it are stale).
+# Anything else (a foreign key, another view, another trigger, a policy, statistics, an
+# owned sequence...) would be lost or would block the swap, and so would the table's
+# settings, or its being in another schema than the current one (where the copy and the
+# view are made).
 _SWAP_BLOCKERS = """
 SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0) AS what
 FROM pg_depend d
@@ -134,6 +136,9 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(:t)
       AND contype IN ('p', 'u', 'c')))
   AND NOT (d.classid = 'pg_rewrite'::regclass AND d.objid IN (
       SELECT oid FROM pg_rewrite WHERE ev_class = to_regclass(:v)))
+  AND NOT (d.classid = 'pg_trigger'::regclass AND d.objid IN (
+      SELECT oid FROM pg_trigger WHERE tgrelid = to_regclass(:t)
+      AND tgname = 'loader_count_writes'))
 UNION ALL
 SELECT 'table settings' FROM pg_class c
 WHERE c.oid = to_regclass(:t) AND (

@@ -49,6 +49,7 @@ from loader.coltypes import exact_sum, iso_date, round_half_even
 from loader.processors.base import Context
 from loader.processors.validate import Check, Validate
 from loader.sources.csvfile import parse_code, parse_decimal, parse_int, parse_timestamp
+from loader.tracking import physical_name
 
 SHOP = "sqlite:///{data_dir}/shop.db"
 CENT = Decimal("0.01")
@@ -195,25 +196,37 @@ def _scalar(conn: Connection, query: sa.Select[Any]) -> Any:
     return conn.execute(query).scalar()
 
 
-def sales_totals(conn: Connection, ctx: Context) -> tuple[Any, int, int]:
+def sales_totals(conn: Connection, ctx: Context) -> tuple[Decimal, int, int]:
     """sum(amount_aud), the row count and the count of rows with a customer_id of
-    sales: one scan, shared by the checks that need them."""
+    sales: one scan, shared by the checks that need them, and not repeated by a later
+    run when nothing has written to sales since (``Context.remembered``)."""
     if "sales_totals" not in ctx.memo:
         sales = sa.table("sales", sa.column("amount_aud"), sa.column("customer_id"))
-        by_row, rows, with_customer = conn.execute(sa.select(
-            sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0), sa.func.count(),
-            sa.func.count(sales.c.customer_id))).one()
-        ctx.memo["sales_totals"] = (by_row, int(rows), int(with_customer))
-    totals: tuple[Any, int, int] = ctx.memo["sales_totals"]
+
+        def scan() -> list[Any]:
+            by_row, rows, with_customer = conn.execute(sa.select(
+                sa.func.coalesce(exact_sum(sales.c.amount_aud, 2), 0), sa.func.count(),
+                sa.func.count(sales.c.customer_id))).one()
+            return [str(Decimal(by_row)), int(rows), int(with_customer)]
+
+        by_row, rows, with_customer = ctx.remembered(conn, physical_name("sales"), "totals",
+                                                     scan)
+        ctx.memo["sales_totals"] = (Decimal(by_row), rows, with_customer)
+    totals: tuple[Decimal, int, int] = ctx.memo["sales_totals"]
     return totals
 
 
 def revenue_adds_up(conn: Connection, ctx: Context) -> str | None:
     """daily_sales holds every sale once: same revenue, same count."""
     daily = sa.table("daily_sales", sa.column("revenue_aud"), sa.column("txns"))
-    by_day, txns = conn.execute(sa.select(
-        sa.func.coalesce(exact_sum(daily.c.revenue_aud, 2), 0),
-        sa.func.coalesce(sa.func.sum(daily.c.txns), 0))).one()
+
+    def scan() -> list[Any]:
+        by_day, txns = conn.execute(sa.select(
+            sa.func.coalesce(exact_sum(daily.c.revenue_aud, 2), 0),
+            sa.func.coalesce(sa.func.sum(daily.c.txns), 0))).one()
+        return [str(Decimal(by_day)), int(txns)]
+
+    by_day, txns = ctx.remembered(conn, physical_name("daily_sales"), "totals", scan)
     by_row, rows, _ = sales_totals(conn, ctx)
     if Decimal(by_day) != Decimal(by_row):
         return f"sum(daily_sales.revenue_aud) = {by_day} but sum(sales.amount_aud) = {by_row}"
@@ -236,7 +249,11 @@ def every_region_loaded(conn: Connection, ctx: Context) -> str | None:
 def customers_add_up(conn: Connection, ctx: Context) -> str | None:
     """customer_summary counts every sale that has a customer once."""
     summary = sa.table("customer_summary", sa.column("txns"))
-    txns = _scalar(conn, sa.select(sa.func.coalesce(sa.func.sum(summary.c.txns), 0)))
+
+    def scan() -> int:
+        return int(_scalar(conn, sa.select(sa.func.coalesce(sa.func.sum(summary.c.txns), 0))))
+
+    txns = ctx.remembered(conn, physical_name("customer_summary"), "totals", scan)
     _, _, rows = sales_totals(conn, ctx)
     if int(txns) != rows:
         return f"sum(customer_summary.txns) = {txns} but {rows} sales have a customer_id"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from loader.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from loader.warehouse import Warehouse
 
 Mode = Literal["refresh", "full"]
@@ -42,6 +44,19 @@ class Context:
     @property
     def full(self) -> bool:
         return self.mode == "full"
+
+    def remembered(self, conn: Connection, table: str, name: str,
+                   compute: Callable[[], Any]) -> Any:
+        """``compute()`` over ``table``, or the value it gave when last computed if nothing
+        can have written to ``table`` since (see ``loader.facts``). A value used again is
+        noted in ``memo["remembered"]`` with the run that computed it."""
+        from loader import facts
+
+        fact = facts.remembered(conn, table, name, compute, run_id=self.run_id)
+        if fact.reused:
+            self.memo.setdefault("remembered", {})[f"{table}.{name}"] = (
+                f"computed in run {fact.run_id}; {table} not written to since")
+        return fact.value
 
     def param(self, name: str, default: str | None = None) -> str:
         """A flow parameter; a missing required one is a clear error."""

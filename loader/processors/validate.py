@@ -2,7 +2,9 @@
 
 A check is a function of an open connection and the run's context that
 returns None when the warehouse is consistent, or a sentence saying what is
-not. All checks run, and every failure is reported.
+not. All checks run, and every failure is reported. A check that adds up a
+whole table may take the sums through ``ctx.remembered``, which reads the table
+again only when it may have been written to since (``loader.facts``).
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ class Validate:
     def run(self, ctx: Context) -> Result:
         result = Result()
         failures = []
-        with ctx.warehouse.engine.connect() as conn:
+        # A transaction that commits: values the checks remember are stored in it.
+        with ctx.warehouse.begin() as conn:
             for check in self.checks:
                 problem = check.fn(conn, ctx)
                 result.details[check.name] = problem or "ok"
                 if problem:
                     failures.append((check.name, problem))
+        if ctx.memo.get("remembered"):
+            result.details["remembered"] = ctx.memo["remembered"]
         if failures:
             raise ValidationFailed(", ".join(n for n, _ in failures),
                                    "; ".join(f"{n}: {p}" for n, p in failures))

@@ -7,6 +7,7 @@ about what happens between runs build their own directory and warehouse.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from oracle import expected
 from sales_support import (
     DIALECTS,
@@ -34,7 +36,7 @@ from sales_support import (
     write_sales,
 )
 
-from loader import Warehouse
+from loader import Warehouse, meta
 from loader.changes import changes
 from loader.flow import load
 from loader.runner import RunReport
@@ -822,6 +824,8 @@ def test_checks_scan_sales_once(warehouse: Warehouse, tmp_path: Path,
                       if p.name == "sales_validation")
 
     def validate() -> dict[str, Any]:
+        with warehouse.begin() as conn:  # the sums of sales the nightly left, forgotten
+            conn.execute(meta.table_facts.delete())
         statements.clear()
         ctx = Context(warehouse, 0, datetime(2026, 1, 1), "refresh",
                       {"data_dir": str(tmp_path)})
@@ -840,6 +844,43 @@ def test_checks_scan_sales_once(warehouse: Warehouse, tmp_path: Path,
     outcome = validate()
     assert "customers_add_up" in outcome["error"]
     assert "revenue_adds_up" not in outcome["error"]
+
+
+def test_checks_take_the_sums_of_sales_again_only_after_a_write(
+        warehouse: Warehouse, tmp_path: Path, statements: list[str]) -> None:
+    """A refresh that writes nothing to sales and its reports takes their sums as the run
+    before computed them (on PostgreSQL; SQLite adds them up every time); an edit of
+    sales by hand, which stamps nothing, is still seen, and fails the run. (An edit of
+    daily_sales by hand: ``test_check_revenue_adds_up``.)"""
+    small_dir(tmp_path)
+    nightly = run_ok(warehouse, "nightly", tmp_path)
+    statements.clear()
+    refresh = run_ok(warehouse, "refresh", tmp_path)
+    reading_sales = [s for s in statements if re.search(r"\bFROM sales\s*($|WHERE)", s)]
+    remembered = _validation_details(warehouse, refresh.run_id).get("remembered")
+    if warehouse.engine.dialect.name == "postgresql":
+        assert reading_sales == []
+        assert remembered == {
+            f"{table}.totals": f"computed in run {nightly.run_id}; {table} not written to since"
+            for table in ("sales_tracked", "daily_sales_tracked", "customer_summary_tracked")}
+    else:
+        assert len(reading_sales) == 1 and remembered is None
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("UPDATE sales_tracked SET amount_aud = amount_aud + 1 "
+                             "WHERE txn_id = (SELECT min(txn_id) FROM sales_tracked "
+                             "WHERE amount_aud IS NOT NULL)")
+    report = run(warehouse, "refresh", tmp_path)
+    assert not report.ok and "revenue_adds_up" in report.error
+    assert "customers_add_up" not in report.error
+
+
+def _validation_details(wh: Warehouse, run_id: int) -> dict[str, Any]:
+    with wh.engine.connect() as conn:
+        text = conn.execute(sa.select(meta.task_runs.c.details).where(
+            meta.task_runs.c.run_id == run_id,
+            meta.task_runs.c.task == "sales_validation")).scalar_one()
+    details: dict[str, Any] = json.loads(text)
+    return details
 
 
 @sqlite_only

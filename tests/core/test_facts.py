@@ -120,12 +120,19 @@ def test_a_table_made_anew_is_read_again(pg: tuple[Warehouse, sa.Engine]) -> Non
 @pytest.mark.postgres
 def test_the_counting_trigger_does_not_keep_a_table_from_being_swapped(
         pg: tuple[Warehouse, sa.Engine]) -> None:
-    """A derive may write a table anew and swap it in; the trigger goes with the old
-    table (see the test above). Another trigger still keeps the table in place."""
+    """A derive may write a table anew and swap it in: the trigger goes with the old
+    table, and the new one's sums are computed. Another trigger still keeps the table
+    in place."""
     wh, _ = pg
-    Totals(wh).remember()
+    totals = Totals(wh)
+    totals.remember()
     with wh.begin() as conn:
         assert pg_bulk.swap_blockers(conn, TABLE, "no_view", ["n"]) == []
+        with pg_bulk.swapped(conn, TABLE, lambda: None) as swap:
+            conn.exec_driver_sql(f"INSERT INTO {swap.fresh} SELECT n * 10 FROM {TABLE}")
+    after = totals.remember()
+    assert (after.value, after.reused) == ([60, 3], False)
+    with wh.begin() as conn:
         conn.exec_driver_sql(
             f"CREATE TRIGGER theirs AFTER INSERT ON {TABLE} FOR EACH STATEMENT "
             "EXECUTE FUNCTION loader_count_write()")

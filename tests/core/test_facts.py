@@ -103,8 +103,8 @@ def test_a_copy_counts_as_a_write(pg: tuple[Warehouse, sa.Engine]) -> None:
 
 @pytest.mark.postgres
 def test_a_table_made_anew_is_read_again(pg: tuple[Warehouse, sa.Engine]) -> None:
-    """Dropped and made again with the same rows, as a derive's swap does: the trigger
-    went with the old table, so its writes went uncounted."""
+    """Dropped and made again: the trigger went with the old table, so the new table's
+    writes went uncounted until a value is computed over it."""
     wh, _ = pg
     totals = Totals(wh)
     totals.remember()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -54,16 +54,12 @@ def remembered(conn: Connection, table: str, name: str, compute: Callable[[], An
     ``name`` tells values of one table apart. The value is stored in ``conn``'s
     transaction, which the caller commits.
     """
-    if conn.dialect.name != "postgresql":
+    trigger = None
+    if conn.dialect.name == "postgresql":
+        trigger = _trigger(conn, table) or _count_writes(conn, table)
+    if trigger is None or not trigger.enabled:
+        # SQLite; no such table (``compute`` says so); or writes go uncounted.
         return Fact(_as_stored(compute()), run_id, reused=False)
-    trigger = _trigger(conn, table)
-    if trigger is None:
-        trigger = _count_writes(conn, table)
-        if trigger is None:  # no such table: let ``compute`` say so
-            return Fact(_as_stored(compute()), run_id, reused=False)
-    elif not trigger[1]:  # disabled: writes go uncounted
-        return Fact(_as_stored(compute()), run_id, reused=False)
-    oid = trigger[0]
     # Counted before the value is computed: a write while it is, or after, moves it.
     writes = conn.exec_driver_sql(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM loader_write_count"
@@ -72,12 +68,13 @@ def remembered(conn: Connection, table: str, name: str, compute: Callable[[], An
     where = (f.c.table_name == table, f.c.name == name)
     kept = conn.execute(sa.select(f.c.trigger_oid, f.c.writes, f.c.value, f.c.run_id)
                         .where(*where)).first()
-    if kept is not None and kept.trigger_oid == oid and kept.writes == writes:
+    if kept is not None and kept.trigger_oid == trigger.oid and kept.writes == writes:
         return Fact(json.loads(kept.value), kept.run_id, reused=True)
     text = json.dumps(compute())
     conn.execute(f.delete().where(*where))
-    conn.execute(f.insert().values(table_name=table, name=name, trigger_oid=oid, writes=writes,
-                                   value=text, run_id=run_id, computed_at=db_now(conn)))
+    conn.execute(f.insert().values(table_name=table, name=name, trigger_oid=trigger.oid,
+                                   writes=writes, value=text, run_id=run_id,
+                                   computed_at=db_now(conn)))
     return Fact(json.loads(text), run_id, reused=False)
 
 
@@ -86,16 +83,21 @@ def _as_stored(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _trigger(conn: Connection, table: str) -> tuple[int, bool] | None:
-    """The oid of ``table``'s counting trigger and whether it is enabled; None without."""
+class _Trigger(NamedTuple):
+    oid: int
+    enabled: bool
+
+
+def _trigger(conn: Connection, table: str) -> _Trigger | None:
+    """``table``'s counting trigger; None without."""
     row = conn.execute(sa.text(
         "SELECT t.oid, t.tgenabled <> 'D' FROM pg_trigger t "
         "WHERE t.tgrelid = to_regclass(:t) AND t.tgname = :name"),
         {"t": _quoted(conn, table), "name": TRIGGER}).first()
-    return None if row is None else (int(row[0]), bool(row[1]))
+    return None if row is None else _Trigger(int(row[0]), bool(row[1]))
 
 
-def _count_writes(conn: Connection, table: str) -> tuple[int, bool] | None:
+def _count_writes(conn: Connection, table: str) -> _Trigger | None:
     """Put the counting trigger on ``table``; None when there is no such table.
 
     Creating it locks out writers until the transaction ends, so no write falls between

@@ -16,6 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from loader import facts
+
 
 @contextmanager
 def writer(conn: Connection, table: sa.Table) -> Iterator[Callable[[Sequence[Any]], None]]:
@@ -137,8 +139,7 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(:t)
   AND NOT (d.classid = 'pg_rewrite'::regclass AND d.objid IN (
       SELECT oid FROM pg_rewrite WHERE ev_class = to_regclass(:v)))
   AND NOT (d.classid = 'pg_trigger'::regclass AND d.objid IN (
-      SELECT oid FROM pg_trigger WHERE tgrelid = to_regclass(:t)
-      AND tgname = 'loader_count_writes'))
+      SELECT oid FROM pg_trigger WHERE tgrelid = to_regclass(:t) AND tgname = :counting))
 UNION ALL
 SELECT 'table settings' FROM pg_class c
 WHERE c.oid = to_regclass(:t) AND (
@@ -160,8 +161,9 @@ def swap_blockers(conn: Connection, table: str, view: str, columns: Sequence[str
     """What would stop ``table`` (shown by ``view``) from being swapped for a copy that
     writes ``columns``, with :func:`swapped`: an empty list when nothing would."""
     preparer = conn.dialect.identifier_preparer
-    found = list(conn.execute(sa.text(_SWAP_BLOCKERS),
-                              {"t": preparer.quote(table), "v": preparer.quote(view)}).scalars())
+    found = list(conn.execute(sa.text(_SWAP_BLOCKERS), {
+        "t": preparer.quote(table), "v": preparer.quote(view), "counting": facts.TRIGGER,
+    }).scalars())
     present = conn.execute(sa.text(
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0"
         " AND NOT attisdropped"), {"t": preparer.quote(table)}).scalars()

@@ -4,14 +4,13 @@ the table dropped and made again; and it is not computed again when nothing did.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import PG_URL, pg_schema_url
+from conftest import PG_URL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,20 +21,19 @@ TABLE = "things"
 
 
 @pytest.fixture
-def pg() -> Iterator[tuple[Warehouse, sa.Engine]]:
+def pg(pg_url: str) -> Iterator[tuple[Warehouse, sa.Engine]]:
     """A PostgreSQL warehouse with ``things`` (1, 2, 3), and an engine on the same database
     whose sessions have the default search_path, as a hand edit from psql would."""
-    with contextlib.contextmanager(pg_schema_url)() as url:
-        wh = Warehouse(url)
-        other = sa.create_engine(PG_URL)
-        with wh.begin() as conn:
-            conn.exec_driver_sql(f"CREATE TABLE {TABLE} (n integer)")
-            conn.exec_driver_sql(f"INSERT INTO {TABLE} VALUES (1), (2), (3)")
-        try:
-            yield wh, other
-        finally:
-            other.dispose()
-            wh.dispose()
+    wh = Warehouse(pg_url)
+    other = sa.create_engine(PG_URL)
+    with wh.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {TABLE} (n integer)")
+        conn.exec_driver_sql(f"INSERT INTO {TABLE} VALUES (1), (2), (3)")
+    try:
+        yield wh, other
+    finally:
+        other.dispose()
+        wh.dispose()
 
 
 class Totals:
